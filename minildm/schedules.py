@@ -15,13 +15,15 @@ slowly; GeoDiff a sigmoid. Lin et al. (2023) rescale any of them so the last ste
 signal at all (zero terminal SNR).
 
 Conventions: timesteps are 0-indexed, t = 0 ... T-1, as in diffusers; ``t`` is a Python int or
-a LongTensor of shape [B] (one timestep per sample). The schedule is stored in float64 on the
-CPU; every coefficient is computed there in float64 and only then cast to the dtype and device
-of the tensor it multiplies, so outputs follow the input's dtype (float32 in, float32 out).
-This is a deliberate difference from diffusers, which keeps alpha_bar in float32: there
-1 - alpha_bar and 1 - alpha_bar_t / alpha_bar_prev lose digits to cancellation at small t, so a
-stock diffusers DDPM step at t = 1 sits ~5e-5 away from the exact value, ours within float32
-rounding (pinned in tests/test_parity_diffusers.py).
+a LongTensor of shape [B] (one timestep per sample). The schedule's attributes are float64 (for
+plots and tables), but every coefficient is computed in the dtype of the input, as diffusers
+does; float64 inputs give exact results. For a float32 tensor the betas are cast to float32,
+alpha_bar = cumprod(1 - beta) is taken in float32, and each coefficient follows diffusers' own
+order of operations, so a float32 step matches a stock diffusers step to float32 rounding
+(tests/test_parity_diffusers.py). Half-precision inputs compute in float32 and are cast at the
+end. The price of float32 is cancellation at small t, where alpha_bar_t is close to 1: a DDPM
+step at t = 1 sits ~5e-5 (linear) to ~7e-4 (cosine) away from the exact float64 value, in
+diffusers and here alike.
 """
 
 from __future__ import annotations
@@ -39,6 +41,10 @@ PREDICTIONS = ("eps", "x0", "v")
 def make_betas(name: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:
     """The T betas of a named schedule, float64, shape (T,).
 
+    The grid-based schedules are laid out in float32 exactly as diffusers lays them out (and
+    then widened to float64), so a float32 run matches diffusers' schedulers bit for bit; the
+    difference from a float64 grid is below 2e-9.
+
     ``"linear"`` (Ho et al.), ``"scaled_linear"`` (Stable Diffusion's "linear"),
     ``"cosine"`` (Nichol & Dhariwal, s = 0.008, beta capped at 0.999; ignores beta_start and
     beta_end; diffusers calls it ``squaredcos_cap_v2``) or ``"sigmoid"`` (as diffusers'
@@ -55,10 +61,10 @@ def make_betas(name: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.
             raise ValueError(f"{arg} must lie in (0, 1), got {value}")
     T = int(T)
     if name == "linear":
-        return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        return torch.linspace(beta_start, beta_end, T, dtype=torch.float32).double()
     if name == "scaled_linear":
         # beta_t = (linspace(sqrt(beta_start), sqrt(beta_end)))^2
-        return torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float64) ** 2
+        return (torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2).double()
     if name == "cosine":
         # abar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2),  beta_t = min(1 - abar(t+1) / abar(t), 0.999)
         steps = torch.arange(T + 1, dtype=torch.float64) / T
@@ -66,8 +72,8 @@ def make_betas(name: str, T: int, beta_start: float = 1e-4, beta_end: float = 0.
         return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=0.999)
     if name == "sigmoid":
         # beta_t = sigmoid(linspace(-6, 6)) (beta_end - beta_start) + beta_start
-        ramp = torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64))
-        return ramp * (beta_end - beta_start) + beta_start
+        ramp = torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float32))
+        return (ramp * (beta_end - beta_start) + beta_start).double()
     raise ValueError(f"unknown schedule {name!r}; choose from {SCHEDULES}")
 
 
@@ -135,7 +141,8 @@ class NoiseSchedule:
 
     Attributes (1-D float64 tensors of length T on the CPU): ``betas``, ``alphas`` = 1 - beta,
     ``alpha_bar`` = cumulative product of alphas, ``alpha_bar_prev`` (alpha_bar shifted right,
-    with alpha_bar_prev[0] = 1), ``snr`` = alpha_bar / (1 - alpha_bar); and ``T``.
+    with alpha_bar_prev[0] = 1), ``snr`` = alpha_bar / (1 - alpha_bar); and ``T``. The methods
+    compute in the dtype of their input (float32 or float64; see the module docstring).
     """
 
     def __init__(self, betas):
@@ -148,6 +155,20 @@ class NoiseSchedule:
         self.alpha_bar_prev = torch.cat([torch.ones(1, dtype=torch.float64), self.alpha_bar[:-1]])
         # SNR(t) = alpha_bar_t / (1 - alpha_bar_t)
         self.snr = self.alpha_bar / (1 - self.alpha_bar)
+        self._table_cache: dict[torch.dtype, tuple[Tensor, Tensor]] = {torch.float64: (self.betas, self.alpha_bar)}
+
+    def _tables(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """(betas, alpha_bar) on the CPU in the dtype that tensors of ``dtype`` compute in.
+
+        float64 for float64, float32 for everything else. Built as diffusers builds its own:
+        betas cast to that dtype, alpha_bar = cumprod(1 - betas) in it. Cached per dtype.
+        """
+        dtype = torch.float64 if dtype == torch.float64 else torch.float32
+        if dtype not in self._table_cache:
+            betas = self.betas.to(dtype)
+            # alpha_bar_t = prod_{s <= t} (1 - beta_s), in float32 as diffusers
+            self._table_cache[dtype] = (betas, torch.cumprod(1 - betas, dim=0))
+        return self._table_cache[dtype]
 
     def __repr__(self) -> str:
         return f"NoiseSchedule(T={self.T}, beta {self.betas[0].item():.3g} -> {self.betas[-1].item():.3g})"
@@ -182,34 +203,34 @@ class NoiseSchedule:
         return t
 
     def alpha_bars(self, t, x: Tensor | None = None, prev_t=None, final_alpha_bar: float = 1.0):
-        """(alpha_bar_t, alpha_bar_prev) as float64 CPU tensors of shape () or (B,).
+        """(alpha_bar_t, alpha_bar_prev) as CPU tensors of shape () or (B,), in x's compute dtype.
 
+        That is float64 for a float64 x (or no x), float32 otherwise (see the module docstring).
         ``prev_t=None`` means the one-step previous timestep t - 1. A strided step passes
         prev_t < t explicitly; prev_t < 0 is the final step, whose alpha_bar_prev is
         ``final_alpha_bar`` (1: land on clean x0; Stable Diffusion uses alpha_bar[0]).
         """
+        _, alpha_bar = self._tables(torch.float64 if x is None else x.dtype)
         t = self.timestep(t, x)
         prev = t - 1 if prev_t is None else self.timestep(prev_t, x, name="prev_t", final_ok=True)
         if prev_t is not None and (prev >= t).any():
             raise ValueError(f"prev_t must be smaller than t, got t={t.tolist()} and prev_t={prev.tolist()}")
-        alpha_bar_prev = torch.where(
-            prev >= 0, self.alpha_bar[prev.clamp(min=0)], torch.tensor(float(final_alpha_bar), dtype=torch.float64)
-        )
-        return self.alpha_bar[t], alpha_bar_prev
+        final = torch.tensor(float(final_alpha_bar), dtype=alpha_bar.dtype)
+        return alpha_bar[t], torch.where(prev >= 0, alpha_bar[prev.clamp(min=0)], final)
 
     def q_sample(self, x0: Tensor, t, noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
         """Sample x_t ~ q(x_t | x0) in one shot (Ho et al. eq. 4); ``noise=None`` draws it."""
         if noise is None:
             noise = noise_like(x0, generator)
         _same_shape(noise=noise, x0=x0)
-        alpha_bar = self.alpha_bar[self.timestep(t, x0)]
+        alpha_bar, _ = self.alpha_bars(t, x0)
         # x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) eps
         return per_sample(alpha_bar.sqrt(), x0) * x0 + per_sample((1 - alpha_bar).sqrt(), x0) * noise
 
     def velocity(self, x0: Tensor, t, noise: Tensor) -> Tensor:
         """The v-prediction target (Salimans & Ho 2022): v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0."""
         _same_shape(noise=noise, x0=x0)
-        alpha_bar = self.alpha_bar[self.timestep(t, x0)]
+        alpha_bar, _ = self.alpha_bars(t, x0)
         # v = sqrt(abar_t) eps - sqrt(1 - abar_t) x0
         return per_sample(alpha_bar.sqrt(), x0) * noise - per_sample((1 - alpha_bar).sqrt(), x0) * x0
 
@@ -222,7 +243,7 @@ class NoiseSchedule:
         """
         _check_prediction(prediction)
         _same_shape(model_output=model_output, x_t=x_t)
-        alpha_bar = self.alpha_bar[self.timestep(t, x_t)]
+        alpha_bar, _ = self.alpha_bars(t, x_t)
         a, s = per_sample(alpha_bar.sqrt(), x_t), per_sample((1 - alpha_bar).sqrt(), x_t)
         if prediction == "eps":
             if (alpha_bar == 0).any():
@@ -249,24 +270,26 @@ class NoiseSchedule:
         """
         _same_shape(x0=x0, x_t=x_t)
         alpha_bar, alpha_bar_prev = self.alpha_bars(t, x_t, prev_t)
-        # beta'_t = 1 - abar_t / abar_prev
-        beta = 1 - alpha_bar / alpha_bar_prev
-        # mu~ = sqrt(abar_prev) beta' / (1 - abar_t) x0 + sqrt(1 - beta') (1 - abar_prev) / (1 - abar_t) x_t
+        # alpha'_t = abar_t / abar_prev,  beta'_t = 1 - alpha'_t     (in diffusers' order of operations)
+        alpha = alpha_bar / alpha_bar_prev
+        beta = 1 - alpha
+        # mu~ = sqrt(abar_prev) beta' / (1 - abar_t) x0 + sqrt(alpha') (1 - abar_prev) / (1 - abar_t) x_t
         coef_x0 = alpha_bar_prev.sqrt() * beta / (1 - alpha_bar)
-        coef_xt = (1 - beta).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
+        coef_xt = alpha.sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar)
         mean = per_sample(coef_x0, x_t) * x0 + per_sample(coef_xt, x_t) * x_t
         # beta~ = (1 - abar_prev) / (1 - abar_t) beta'
         var = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
-        log_var = torch.where(var > 0, var, self._clipped_final_variance()).log()
+        log_var = torch.where(var > 0, var, self._clipped_final_variance(var.dtype)).log()
         shape = torch.broadcast_shapes(x0.shape, x_t.shape)
         return mean, per_sample(var, x_t).expand(shape), per_sample(log_var, x_t).expand(shape)
 
-    def _clipped_final_variance(self) -> Tensor:
+    def _clipped_final_variance(self, dtype: torch.dtype) -> Tensor:
         """The variance DDPM's code uses in place of the 0 at t = 0: beta~_1 (beta_0 if T = 1)."""
+        betas, alpha_bar = self._tables(dtype)
         if self.T == 1:
-            return self.betas[0]
+            return betas[0]
         # beta~_1 = (1 - abar_0) / (1 - abar_1) beta_1
-        return (1 - self.alpha_bar[0]) / (1 - self.alpha_bar[1]) * self.betas[1]
+        return (1 - alpha_bar[0]) / (1 - alpha_bar[1]) * betas[1]
 
 
 def _check_prediction(prediction: str) -> None:

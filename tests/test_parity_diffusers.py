@@ -1,11 +1,14 @@
-"""Parity with diffusers 0.42: the behaviours in PARITY.md that a reference library pins.
+"""Parity with stock diffusers 0.42: the behaviours in PARITY.md that a reference library pins.
 
-diffusers is a test dependency only. On the CPU, torch.randn(shape, generator=Generator().
+diffusers is a test dependency only. Every comparison is with a stock scheduler on float32
+inputs, at PARITY.md's tolerances: like diffusers, minildm computes in the input's dtype, with
+alpha_bar = cumprod(1 - beta) in float32. On the CPU, torch.randn(shape, generator=Generator().
 manual_seed(k)) is exactly what a diffusers step draws, so noisy steps are compared by giving
-diffusers the seeded generator and us the same noise. Parity items checked against formulas
-rather than diffusers live beside their module: Ho eq. 7 and Bayes' rule for the posterior
-(test_schedules.py), DDIM's sigma at eta = 1 (test_samplers.py), normal_kl, the decoder and
-the VLB (test_diffusion.py).
+diffusers the seeded generator and us the same noise. One float64 test runs diffusers' own
+step code on a float64 alpha_bar to pin that float64 inputs take the same arithmetic, exactly.
+Parity items checked against formulas rather than diffusers live beside their module: Ho eq. 7
+and Bayes' rule for the posterior (test_schedules.py), DDIM's sigma at eta = 1
+(test_samplers.py), normal_kl, the decoder and the VLB (test_diffusion.py).
 """
 
 import numpy as np
@@ -32,33 +35,21 @@ DIFFUSERS_NAME = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine"
                   "sigmoid": "sigmoid"}
 PREDICTION_TYPE = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 SD = dict(beta_start=0.00085, beta_end=0.012)  # Stable Diffusion's scaled_linear range
+SCHEDULES = {name: NoiseSchedule(make_betas(name, 1000)) for name in ("linear", "cosine")}
 
 
-def float64_alpha_bar(scheduler):
-    """The same diffusers scheduler with its alpha_bar held in float64 (from its own betas).
-
-    diffusers keeps alphas_cumprod in float32, so at small t its 1 - alpha_bar and
-    1 - alpha_bar_t / alpha_bar_prev lose digits to cancellation (1 - 0.9999 in float32 is off
-    by 2e-4 relative). minildm computes those in float64, deliberately. Running diffusers' own
-    step code on a float64 alpha_bar compares the formulas at the PARITY tolerances;
-    test_low_t_gaps_to_stock_diffusers_are_its_float32_rounding pins the difference.
-    """
-    scheduler.alphas_cumprod = torch.cumprod(1 - scheduler.betas.double(), dim=0)
-    scheduler.one = torch.tensor(1.0, dtype=torch.float64)
-    if hasattr(scheduler, "final_alpha_cumprod"):
-        one = scheduler.config.set_alpha_to_one
-        scheduler.final_alpha_cumprod = scheduler.one if one else scheduler.alphas_cumprod[0]
-    return scheduler
-
-
-def seeded_noise(shape, seed):
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+def seeded_noise(shape, seed, dtype=torch.float32):
+    return torch.randn(shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
 def model_fn(x, t):
     """A fixed nonlinear stand-in for a network, different at every timestep."""
     t = torch.as_tensor(t, dtype=x.dtype)
     return 0.8 * torch.tanh(x) + 0.3 * torch.sin(t / 97.0 + x)
+
+
+def max_gap(a, b):
+    return (a - b).abs().max().item()
 
 
 # ---------------------------------------------------------------- schedules
@@ -72,6 +63,8 @@ def test_betas_and_alpha_bar_match_ddpm_scheduler(name, T, beta_range):
     s = NoiseSchedule(make_betas(name, T, *beta_range))
     assert torch.allclose(s.betas.float(), ref.betas, atol=1e-6, rtol=0)
     assert torch.allclose(s.alpha_bar.float(), ref.alphas_cumprod, atol=1e-5, rtol=0)
+    # beyond the tolerance: the float32 grid is diffusers' own, so float32 runs match bit for bit
+    assert torch.equal(s.betas.float(), ref.betas)
 
 
 @pytest.mark.parametrize("name,beta_range",
@@ -119,59 +112,85 @@ def test_trailing_keeps_n_steps_where_numpy_arange_gives_one_more():
 # ---------------------------------------------------------------- forward process
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
 @pytest.mark.parametrize("t", [0, 10, 500, 999])
-def test_q_sample_and_velocity_match_add_noise_and_get_velocity(t):
-    # add_noise casts alpha_bar to the samples' dtype, so diffusers gets float64 copies of them
-    ref = float64_alpha_bar(DDPMScheduler())
-    s = NoiseSchedule(make_betas("linear", 1000))
+def test_q_sample_and_velocity_match_add_noise_and_get_velocity(name, t):
+    ref = DDPMScheduler(beta_schedule=DIFFUSERS_NAME[name])
+    s = SCHEDULES[name]
     x0, noise = seeded_noise((2, 3, 4, 4), 0), seeded_noise((2, 3, 4, 4), 1)
     t_batch = torch.full((2,), t)
-    expected = ref.add_noise(x0.double(), noise.double(), t_batch).float()
-    assert torch.allclose(s.q_sample(x0, t_batch, noise), expected, atol=1e-6, rtol=0)
-    expected = ref.get_velocity(x0.double(), noise.double(), t_batch).float()
-    assert torch.allclose(s.velocity(x0, t_batch, noise), expected, atol=1e-6, rtol=0)
+    assert max_gap(s.q_sample(x0, t_batch, noise), ref.add_noise(x0, noise, t_batch)) <= 1e-6
+    assert max_gap(s.velocity(x0, t_batch, noise), ref.get_velocity(x0, noise, t_batch)) <= 1e-6
 
 
 # ---------------------------------------------------------------- DDPM step
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("variance", ["fixed_small", "fixed_large"])
 @pytest.mark.parametrize("t", [999, 500, 1, 0])
-def test_ddpm_step_matches_ddpm_scheduler(prediction, variance, t):
-    ref = float64_alpha_bar(DDPMScheduler(prediction_type=PREDICTION_TYPE[prediction], variance_type=variance,
-                                          clip_sample=True))
-    s = NoiseSchedule(make_betas("linear", 1000))
+def test_ddpm_step_matches_ddpm_scheduler(name, prediction, variance, t):
+    ref = DDPMScheduler(beta_schedule=DIFFUSERS_NAME[name], prediction_type=PREDICTION_TYPE[prediction],
+                        variance_type=variance, clip_sample=True)
+    s = SCHEDULES[name]
     x_t, output = seeded_noise((2, 3, 4, 4), 2), 2.0 * seeded_noise((2, 3, 4, 4), 3)  # large: clipping bites
     expected = ref.step(output, t, x_t, generator=torch.Generator().manual_seed(7))
     x_prev, x0_hat = samplers.ddpm_step(s, output, t, x_t, noise=seeded_noise((2, 3, 4, 4), 7),
                                         prediction=prediction, variance=variance, clip=1.0)
-    assert torch.allclose(x0_hat, expected.pred_original_sample, atol=1e-5)
-    assert torch.allclose(x_prev, expected.prev_sample, atol=1e-5)
+    assert x_prev.dtype == x0_hat.dtype == torch.float32
+    assert max_gap(x0_hat, expected.pred_original_sample) <= 1e-5
+    assert max_gap(x_prev, expected.prev_sample) <= 1e-5
     # and the same noise stream when the step draws from the generator itself
     x_prev_gen, _ = samplers.ddpm_step(s, output, t, x_t, prediction=prediction, variance=variance, clip=1.0,
                                        generator=torch.Generator().manual_seed(7))
-    assert torch.allclose(x_prev_gen, expected.prev_sample, atol=1e-5)
+    assert max_gap(x_prev_gen, expected.prev_sample) <= 1e-5
 
 
-def test_learned_range_strided_low_t_step_interpolates_in_log_space():
-    ref = float64_alpha_bar(DDPMScheduler(variance_type="learned_range", clip_sample=False))
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_learned_range_strided_low_t_step_interpolates_in_log_space(name):
+    ref = DDPMScheduler(beta_schedule=DIFFUSERS_NAME[name], variance_type="learned_range", clip_sample=False)
     ref.set_timesteps(timesteps=[20, 0])
-    s = NoiseSchedule(make_betas("linear", 1000))
+    s = SCHEDULES[name]
     x_t = seeded_noise((2, 3, 4, 4), 4)
     output = torch.cat([seeded_noise((2, 3, 4, 4), 5), torch.tanh(seeded_noise((2, 3, 4, 4), 6))], dim=1)  # (B, 2C)
     expected = ref.step(output, 20, x_t, generator=torch.Generator().manual_seed(8))
     x_prev, x0_hat = samplers.ddpm_step(s, output, 20, x_t, prev_t=0, noise=seeded_noise((2, 3, 4, 4), 8),
                                         variance="learned_range")
-    assert torch.allclose(x0_hat, expected.pred_original_sample, atol=1e-5)
-    assert torch.allclose(x_prev, expected.prev_sample, atol=1e-5)
-    # at this pair beta' and beta~' differ ~20x: a linear mix of the variances lands far away
+    assert max_gap(x0_hat, expected.pred_original_sample) <= 1e-5
+    assert max_gap(x_prev, expected.prev_sample) <= 1e-5
+    # at this pair beta' is ~50x beta~': a linear mix of the variances would land far away
     a20, a0 = s.alpha_bar[20].item(), s.alpha_bar[0].item()
     beta, beta_tilde = 1 - a20 / a0, (1 - a0) / (1 - a20) * (1 - a20 / a0)
     frac = (output[:, 3:].double() + 1) / 2
     linear_std = (frac * beta + (1 - frac) * beta_tilde).sqrt()
     log_std = torch.exp(0.5 * (frac * np.log(beta) + (1 - frac) * np.log(beta_tilde)))
     assert (linear_std - log_std).abs().max() > 1e-2
+
+
+def in_float64(scheduler):
+    """The same diffusers scheduler with alpha_bar = cumprod(1 - beta) taken in float64 from float64 betas."""
+    scheduler.alphas_cumprod = torch.cumprod(1 - make_betas("linear", 1000), dim=0)
+    scheduler.one = torch.tensor(1.0, dtype=torch.float64)
+    return scheduler
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("t", [999, 500, 1, 0])
+def test_float64_inputs_run_diffusers_arithmetic_in_float64(prediction, t):
+    # diffusers' step on a float64 alpha_bar and float64 tensors: the exact maths, which float64
+    # inputs get from minildm; float32 inputs would miss it by ~5e-5 at t = 1 (cancellation)
+    ref = in_float64(DDPMScheduler(prediction_type=PREDICTION_TYPE[prediction], clip_sample=False))
+    s = SCHEDULES["linear"]
+    x_t, output = seeded_noise((2, 3, 4, 4), 2, torch.float64), seeded_noise((2, 3, 4, 4), 3, torch.float64)
+    expected = ref.step(output, t, x_t, generator=torch.Generator().manual_seed(7))
+    x_prev, x0_hat = samplers.ddpm_step(s, output, t, x_t, noise=seeded_noise((2, 3, 4, 4), 7, torch.float64),
+                                        prediction=prediction)
+    assert x_prev.dtype == torch.float64
+    assert max_gap(x0_hat, expected.pred_original_sample) < 1e-12
+    assert max_gap(x_prev, expected.prev_sample) < 1e-12
+    t_batch = torch.full((2,), t)
+    assert max_gap(s.velocity(x_t, t_batch, output), ref.get_velocity(x_t, output, t_batch)) < 1e-12
 
 
 # ---------------------------------------------------------------- DDIM
@@ -193,40 +212,25 @@ def test_ddim_eta0_chain_matches_in_the_stable_diffusion_configuration(predictio
         expected = ref.step(model_fn(theirs, t), t, theirs)
         ours, x0_hat = samplers.ddim_step(s, model_fn(ours, t), t, prev_t, ours, prediction=prediction,
                                           final_alpha_bar=final_alpha_bar)
-        assert torch.allclose(x0_hat, expected.pred_original_sample, atol=1e-5), t
-        assert torch.allclose(ours, expected.prev_sample, atol=1e-5), t
+        assert max_gap(x0_hat, expected.pred_original_sample) <= 1e-5, t
+        assert max_gap(ours, expected.prev_sample) <= 1e-5, t
         theirs = expected.prev_sample
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-@pytest.mark.parametrize("t", [999, 500, 20])
-def test_ddim_eta1_step_with_noise_and_clipping_matches(prediction, t):
-    ref = float64_alpha_bar(DDIMScheduler(clip_sample=True, prediction_type=PREDICTION_TYPE[prediction]))
-    ref.set_timesteps(50)
-    s = NoiseSchedule(make_betas("linear", 1000))
+@pytest.mark.parametrize("t", [999, 500, 20, 19])
+def test_ddim_eta1_step_with_noise_and_clipping_matches(name, prediction, t):
+    ref = DDIMScheduler(beta_schedule=DIFFUSERS_NAME[name], clip_sample=True,
+                        prediction_type=PREDICTION_TYPE[prediction])
+    ref.set_timesteps(50)  # steps of 20; t = 19 is a final step (prev_t = -1, alpha_bar_prev = 1)
+    s = SCHEDULES[name]
     x_t, z = seeded_noise((2, 3, 4, 4), 10), seeded_noise((2, 3, 4, 4), 12)
     output = 2.0 * seeded_noise((2, 3, 4, 4), 11)  # large: clipping bites
     expected = ref.step(output, t, x_t, eta=1.0, variance_noise=z)
     x_prev, x0_hat = samplers.ddim_step(s, output, t, t - 20, x_t, eta=1.0, noise=z, prediction=prediction, clip=1.0)
-    assert torch.allclose(x0_hat, expected.pred_original_sample, atol=1e-5)
-    assert torch.allclose(x_prev, expected.prev_sample, atol=1e-5)
-
-
-def test_low_t_gaps_to_stock_diffusers_are_its_float32_rounding():
-    # the deliberate difference: at small t stock diffusers misses its own formula (evaluated on a
-    # float64 alpha_bar) by more than the PARITY tolerance; minildm stays within float32 rounding
-    s = NoiseSchedule(make_betas("linear", 1000))
-    x_t, output = seeded_noise((2, 3, 4, 4), 2), seeded_noise((2, 3, 4, 4), 3)
-    stock, exact = DDPMScheduler(clip_sample=False), float64_alpha_bar(DDPMScheduler(clip_sample=False))
-    expected = exact.step(output, 1, x_t, generator=torch.Generator().manual_seed(7)).prev_sample
-    stock_step = stock.step(output, 1, x_t, generator=torch.Generator().manual_seed(7))
-    stock_gap = (stock_step.prev_sample - expected).abs().max()
-    ours, _ = samplers.ddpm_step(s, output, 1, x_t, noise=seeded_noise((2, 3, 4, 4), 7))
-    assert (ours - expected).abs().max() < 1e-6 and stock_gap > 1e-5
-    t = torch.zeros(2, dtype=torch.long)
-    expected = exact.get_velocity(x_t.double(), output.double(), t)
-    assert (stock.get_velocity(x_t, output, t) - expected).abs().max() > 1e-6
-    assert (s.velocity(x_t, t, output) - expected).abs().max() < 5e-7
+    assert max_gap(x0_hat, expected.pred_original_sample) <= 1e-5
+    assert max_gap(x_prev, expected.prev_sample) <= 1e-5
 
 
 def ddim_chain(s, ts, x_T, prediction):
@@ -239,12 +243,22 @@ def ddim_chain(s, ts, x_T, prediction):
     return x, seen
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+def ode_close(ours, theirs):
+    """Equal at PARITY's 1e-4, read as torch.allclose reads it (atol 1e-4 plus 1e-5 relative).
+
+    With eps-prediction this stand-in model drives the chains to |x| ~ 400 (its x0_hat at
+    t = 999 is about x / 0.006), where float32 values are 3e-5 apart; there stock DDIMScheduler
+    and stock DPM-Solver++ differ from each other by 1.5e-4 too. x0 and v chains stay in [-2, 2].
+    """
+    return torch.allclose(ours, theirs, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_dpm_solver_pp_first_order_is_ddim(prediction):
     ref = DPMSolverMultistepScheduler(solver_order=1, algorithm_type="dpmsolver++", timestep_spacing="trailing",
                                       prediction_type=PREDICTION_TYPE[prediction], final_sigmas_type="zero")
     ref.set_timesteps(10)
-    s = NoiseSchedule(make_betas("linear", 1000))
+    s = SCHEDULES["linear"]
     ts = samplers.timesteps(1000, 10, "trailing")
     assert torch.equal(ts, ref.timesteps)
     x_T = seeded_noise((2, 3, 8, 8), 13)
@@ -252,16 +266,16 @@ def test_dpm_solver_pp_first_order_is_ddim(prediction):
     x = x_T
     for t in ref.timesteps:
         x = ref.step(model_fn(x, t.item()), t, x).prev_sample
-    assert torch.allclose(ours, x, atol=1e-4)
+    assert ode_close(ours, x)
 
 
-@pytest.mark.parametrize("prediction", ["eps", "v"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_euler_on_the_probability_flow_ode_is_ddim(prediction):
     # Euler works on x / sqrt(abar) (noise level sigma = sqrt((1 - abar) / abar)); its
     # scale_model_input gives back our x_t
     ref = EulerDiscreteScheduler(timestep_spacing="trailing", prediction_type=PREDICTION_TYPE[prediction])
     ref.set_timesteps(10)
-    s = NoiseSchedule(make_betas("linear", 1000))
+    s = SCHEDULES["linear"]
     ts = samplers.timesteps(1000, 10, "trailing")
     assert torch.equal(ts, ref.timesteps.long())
     x_T = seeded_noise((2, 3, 8, 8), 14)
@@ -269,9 +283,9 @@ def test_euler_on_the_probability_flow_ode_is_ddim(prediction):
     x = x_T * (ref.sigmas[0] ** 2 + 1) ** 0.5
     for i, t in enumerate(ref.timesteps):
         x_t = ref.scale_model_input(x, t)
-        assert torch.allclose(x_t, seen[i], atol=1e-4)
+        assert ode_close(x_t, seen[i])
         x = ref.step(model_fn(x_t, int(t)), t, x).prev_sample
-    assert torch.allclose(ours, x, atol=1e-4)
+    assert ode_close(ours, x)
 
 
 # ---------------------------------------------------------------- guidance
@@ -281,10 +295,10 @@ def test_euler_on_the_probability_flow_ode_is_ddim(prediction):
 def test_cfg_matches_diffusers_guider(scale):
     u, c = seeded_noise((2, 4, 8, 8), 15), seeded_noise((2, 4, 8, 8), 16)
     guided = ClassifierFreeGuidance(guidance_scale=scale).forward(c, u).pred
-    assert torch.allclose(samplers.cfg(u, c, scale), guided, atol=1e-6)
+    assert max_gap(samplers.cfg(u, c, scale), guided) <= 1e-6
     # Ho & Salimans' w is diffusers' "original formulation": cond + w (cond - uncond) = cfg with scale 1 + w
     original = ClassifierFreeGuidance(guidance_scale=scale, use_original_formulation=True).forward(c, u).pred
-    assert torch.allclose(samplers.cfg(u, c, 1 + scale), original, atol=1e-5)
+    assert max_gap(samplers.cfg(u, c, 1 + scale), original) <= 1e-5
 
 
 @pytest.mark.parametrize("phi", [0.0, 0.7, 1.0])
@@ -292,7 +306,7 @@ def test_rescale_cfg_matches_rescale_noise_cfg(phi):
     u, c = seeded_noise((2, 4, 8, 8), 17), seeded_noise((2, 4, 8, 8), 18)
     guided = samplers.cfg(u, c, 7.5)
     expected = rescale_noise_cfg(guided, c, guidance_rescale=phi)
-    assert torch.allclose(samplers.rescale_cfg(guided, c, phi), expected, atol=1e-6)
+    assert max_gap(samplers.rescale_cfg(guided, c, phi), expected) <= 1e-6
     # the default phi is 0.7
     expected = rescale_noise_cfg(guided, c, guidance_rescale=0.7)
-    assert torch.allclose(samplers.rescale_cfg(guided, c), expected, atol=1e-6)
+    assert max_gap(samplers.rescale_cfg(guided, c), expected) <= 1e-6

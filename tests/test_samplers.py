@@ -114,6 +114,10 @@ def test_ddim_sigma_at_eta_one_is_the_posterior_variance(t, prev_t):
     noisy, _ = samplers.ddim_step(SHORT, eps, t, prev_t, x_t, eta=1.0, noise=z)
     quiet, _ = samplers.ddim_step(SHORT, eps, t, prev_t, x_t, eta=1.0, noise=torch.zeros_like(z))
     sigma = ((noisy - quiet) * z).sum().item() / (z * z).sum().item()  # least squares: noisy - quiet = sigma z
+    # beta~ = (1 - abar_prev) / (1 - abar_t) (1 - abar_t / abar_prev), with alpha_bar as a Python product
+    a_t = math.prod(1 - b for b in SHORT.betas[: t + 1].tolist())
+    a_prev = math.prod(1 - b for b in SHORT.betas[: prev_t + 1].tolist())  # the empty product 1 when prev_t = -1
+    assert sigma**2 == pytest.approx((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev), abs=1e-12)
     _, var, _ = SHORT.q_posterior(torch.zeros_like(x_t), x_t, t, prev_t=prev_t)
     assert sigma**2 == pytest.approx(var[0, 0].item(), abs=1e-12)
 

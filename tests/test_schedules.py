@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -135,6 +136,34 @@ def test_outputs_follow_the_input_dtype(dtype):
     assert LINEAR.velocity(x0, t, noise).dtype == dtype
     assert all(v.dtype == dtype for v in LINEAR.split_prediction(noise, x0, t, "v"))
     assert all(v.dtype == dtype for v in LINEAR.q_posterior(x0, noise, t))
+
+
+def test_float32_inputs_compute_in_float32_as_diffusers_and_float64_inputs_exactly():
+    # alpha_bar_1 = (1 - beta_0)(1 - beta_1) with each operation rounded to float32, as diffusers does
+    b0, b1 = LINEAR.betas[:2].numpy().astype(np.float32)
+    one = np.float32(1)
+    sqrt_one_minus_abar32 = np.sqrt(one - (one - b0) * (one - b1))
+    exact = math.sqrt(1 - abar_by_hand(LINEAR.betas, 1))
+    zeros, ones = torch.zeros(2, 3), torch.ones(2, 3)
+    ours32 = LINEAR.q_sample(zeros, 1, ones)  # sqrt(1 - abar_1) everywhere
+    assert ours32.dtype == torch.float32
+    assert torch.allclose(ours32, torch.full((2, 3), float(sqrt_one_minus_abar32)), atol=2e-9, rtol=0)  # 2 ulp
+    # float32 cancellation in 1 - abar_1, far more than casting the exact value to float32 (~1e-9)
+    assert abs(ours32[0, 0].item() - exact) > 5e-7
+    assert LINEAR.q_sample(zeros.double(), 1, ones.double())[0, 0].item() == pytest.approx(exact, rel=1e-14)
+    # half precision computes in float32 and casts at the end
+    assert torch.equal(LINEAR.q_sample(zeros.bfloat16(), 1, ones.bfloat16()), ours32.bfloat16())
+
+
+def test_alpha_bars_come_in_the_compute_dtype_and_attributes_stay_float64():
+    s = NoiseSchedule(make_betas("cosine", 100))
+    assert all(a.dtype == torch.float64 for a in s.alpha_bars(5))
+    assert all(a.dtype == torch.float64 for a in s.alpha_bars(5, torch.zeros(2, dtype=torch.float64)))
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        alpha_bar, alpha_bar_prev = s.alpha_bars(5, torch.zeros(2, dtype=dtype), prev_t=-1, final_alpha_bar=0.5)
+        assert alpha_bar.dtype == alpha_bar_prev.dtype == torch.float32 and alpha_bar_prev.item() == 0.5
+        assert alpha_bar.item() == pytest.approx(s.alpha_bar[5].item(), rel=1e-6)
+    assert all(v.dtype == torch.float64 for v in (s.betas, s.alphas, s.alpha_bar, s.alpha_bar_prev, s.snr))
 
 
 def test_q_sample_draws_noise_from_the_generator():
