@@ -138,3 +138,59 @@ def test_lesson02_checks_accept_solutions_and_name_mistakes():
     def nie(betas): raise NotImplementedError()
     with pytest.raises(NotImplementedError):  # the student version's placeholder passes through
         checks.rescale_zero_terminal_snr(nie)
+
+
+def _function_checks():
+    """(lesson, check name, reference, cases, mistakes, options) for every compare-based check.
+
+    Each lesson module calls ``compare`` with its reference and its Mistakes; a spy in place of
+    ``compare`` records those arguments, so every check of every lesson is covered here.
+    """
+    import importlib
+    import pkgutil
+
+    import minildm.checks as package
+
+    found = []
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("lesson"):
+            continue
+        module = importlib.import_module(f"minildm.checks.{info.name}")
+        if not hasattr(module, "compare"):
+            continue
+        recorded = {}
+
+        def spy(learner, reference, cases, *, name, mistakes=(), **options):
+            recorded[name] = (reference, cases, tuple(mistakes), options)
+
+        original, module.compare = module.compare, spy
+        try:
+            for check in module.__all__:
+                try:
+                    getattr(module, check)(lambda *args, **kwargs: None)
+                except Exception:  # value checks or checks that do more than compare
+                    pass
+        finally:
+            module.compare = original
+        found += [(info.name, name, *args) for name, args in recorded.items()]
+    return found
+
+
+FUNCTION_CHECKS = _function_checks()
+
+
+@pytest.mark.parametrize("lesson, name, reference, cases, mistakes, options", FUNCTION_CHECKS,
+                         ids=[f"{c[0]}-{c[1]}" for c in FUNCTION_CHECKS])
+def test_every_listed_mistake_is_named_as_itself(lesson, name, reference, cases, mistakes, options):
+    # the reference passes its own check, and each Mistake, submitted as the learner's answer,
+    # fails with that Mistake's name in the message (not some other diagnosis)
+    checks.compare(reference, reference, cases, name=name, mistakes=mistakes, **options)
+    for mistake in mistakes:
+        with pytest.raises(checks.CheckFailed) as failure:
+            checks.compare(mistake.fn, reference, cases, name=name, mistakes=mistakes, **options)
+        assert mistake.name in str(failure.value), (mistake.name, str(failure.value).splitlines()[0])
+
+
+def test_every_lesson_with_exercises_has_its_function_checks_covered():
+    lessons = {c[0] for c in FUNCTION_CHECKS}
+    assert {"lesson00", "lesson01", "lesson02", "lesson03", "lesson04"} <= lessons, lessons

@@ -1,0 +1,13 @@
+"""Exercise checks: ``checks.q_sample(q_sample)`` runs your function beside minildm's and says what differs.
+
+The mechanism is in ``core`` (``compare`` for functions, ``check_value`` for values); each
+lesson's checks are in ``lessonNN`` and are re-exported here, so a notebook only needs
+``from minildm import checks``.
+"""
+
+from .core import CheckFailed, Mistake, check_value, compare
+from .lesson00 import *  # noqa: F403  (each lesson module lists its checks in __all__)
+from .lesson01 import *  # noqa: F403
+from .lesson02 import *  # noqa: F403
+from .lesson03 import *  # noqa: F403
+from .lesson04 import *  # noqa: F403
