@@ -1,4 +1,4 @@
-"""Denoising networks. For now: a small MLP for 2-D toy data.
+"""Denoising networks: a small MLP for 2-D toy data, and the U-Net for images (``minildm.unet``).
 
 A denoiser is a function eps_theta(x_t, t): it sees the noisy point and the timestep and
 predicts the noise (or x0, or v). The timestep enters through a sinusoidal embedding, the
@@ -7,28 +7,12 @@ positional encoding of Vaswani et al. (2017) applied to t, as in Ho et al. (2020
 
 from __future__ import annotations
 
-import math
 import numbers
 
 import torch
 from torch import Tensor, nn
 
-
-def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """Sinusoidal embedding of integer timesteps: (B,) -> (B, dim), [cos | sin] halves.
-
-    Frequencies are geometric, omega_k = max_period^(-k / (dim/2)), k = 0 ... dim/2 - 1; an odd
-    ``dim`` gets a zero last column. Equals diffusers' ``get_timestep_embedding(t, dim,
-    flip_sin_to_cos=True, downscale_freq_shift=0)``.
-    """
-    half = dim // 2
-    # omega_k = exp(-ln(max_period) k / half)
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None, :]  # (B, half)
-    emb = torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)  # (B, 2 half)
-    if dim % 2:
-        emb = nn.functional.pad(emb, (0, 1))  # (B, dim)
-    return emb
+from minildm.nn import timestep_embedding
 
 
 class ToyMLP(nn.Module):
@@ -69,3 +53,6 @@ class ToyMLP(nn.Module):
         for layer in self.layers:
             h = h + layer(h + temb)  # (B, hidden)
         return self.out(h)  # (B, out_dim)
+
+
+from minildm.unet import UNet  # noqa: E402,F401  (the image model, in its own module)

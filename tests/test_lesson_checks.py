@@ -124,7 +124,6 @@ def test_lesson02_checks_accept_solutions_and_name_mistakes():
         return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
     expect(checks.cosine_betas, cos_len, "shape")
 
-    from minildm import schedules
     def rescale(betas):
         a = torch.cumprod(1 - betas, 0).sqrt()
         first, last = a[0].clone(), a[-1].clone()
