@@ -6,6 +6,8 @@ VENV   ?= .venv
 # A laptop gets the default torch wheel for its platform; CI pins the CPU build (see .ci/run).
 TORCH  ?= torch>=2.2
 PY     := $(VENV)/bin/python
+# JupyterLab refuses to start as root (containers, some cloud machines) unless told it may.
+LAB_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root,)
 
 .PHONY: install lab test student book clean
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lab: install
-	$(VENV)/bin/jupyter lab notebooks/
+	$(VENV)/bin/jupyter lab $(LAB_ARGS) notebooks/
 
 test: install
 	MINILDM_PROFILE=smoke MPLBACKEND=Agg $(PY) -m pytest --nbval-lax --nbval-current-env tests notebooks
