@@ -1,6 +1,4 @@
-"""minildm.models: the toy MLP denoiser and its sinusoidal time embedding."""
-
-import math
+"""minildm.models: the toy MLP denoiser."""
 
 import pytest
 import torch
@@ -13,25 +11,6 @@ from minildm.schedules import NoiseSchedule, make_betas
 def seeded():
     """Every test draws the same random inputs on every run."""
     torch.manual_seed(0)
-
-
-def test_timestep_embedding_is_cos_then_sin_at_geometric_frequencies():
-    t = torch.tensor([0, 1, 17, 999])
-    emb = models.timestep_embedding(t, 8)
-    assert emb.shape == (4, 8)
-    for i, ti in enumerate(t.tolist()):
-        freqs = [10_000 ** (-k / 4) for k in range(4)]
-        expected = [math.cos(ti * f) for f in freqs] + [math.sin(ti * f) for f in freqs]
-        assert torch.allclose(emb[i], torch.tensor(expected), atol=1e-5)
-    assert models.timestep_embedding(t, 7)[:, -1].abs().max() == 0  # odd dim: a zero last column
-
-
-def test_timestep_embedding_matches_diffusers():
-    embeddings = pytest.importorskip("diffusers.models.embeddings")
-    t = torch.tensor([0, 3, 250, 999])
-    for dim in (32, 33):
-        expected = embeddings.get_timestep_embedding(t, dim, flip_sin_to_cos=True, downscale_freq_shift=0)
-        assert torch.allclose(models.timestep_embedding(t, dim), expected, atol=1e-5)
 
 
 def test_toy_mlp_shapes_and_learned_range_width():

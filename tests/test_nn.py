@@ -15,6 +15,17 @@ def seeded():
     torch.manual_seed(0)
 
 
+def test_timestep_embedding_is_cos_then_sin_at_geometric_frequencies():
+    t = torch.tensor([0, 1, 17, 999])
+    emb = blocks.timestep_embedding(t, 8)
+    assert emb.shape == (4, 8)
+    for i, ti in enumerate(t.tolist()):
+        freqs = [10_000 ** (-k / 4) for k in range(4)]
+        expected = [math.cos(ti * f) for f in freqs] + [math.sin(ti * f) for f in freqs]
+        assert torch.allclose(emb[i], torch.tensor(expected), atol=1e-5)
+    assert blocks.timestep_embedding(t, 7)[:, -1].abs().max() == 0  # odd dim: a zero last column
+
+
 def test_timestep_embedding_matches_diffusers():
     embeddings = pytest.importorskip("diffusers.models.embeddings")
     t = torch.tensor([0, 3, 250, 999])
