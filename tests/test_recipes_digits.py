@@ -40,7 +40,7 @@ def test_digits_ddpm_is_the_cosine_schedule_of_nichol_and_dhariwal_with_1000_ste
 
 def test_the_recipe_builds_a_class_conditional_one_channel_unet_of_about_0_7m_parameters():
     torch.manual_seed(0)
-    model = recipes.digits_denoiser(**recipes.DIGITS_CONFIG)
+    model = recipes.class_denoiser(**recipes.DIGITS_CONFIG)
     assert isinstance(model, unet.UNet) and model.num_classes == 10
     assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 1.0e6
     y = torch.tensor([0, 9, 10])  # 10 is the null class: the unconditional model
@@ -49,10 +49,10 @@ def test_the_recipe_builds_a_class_conditional_one_channel_unet_of_about_0_7m_pa
 
 def test_the_builder_refuses_another_dataset_or_an_unknown_schedule():
     config = dict(recipes.DIGITS_CONFIG)
-    with pytest.raises(ValueError, match="dataset must be 'digits'"):
-        recipes.digits_denoiser(**{**config, "dataset": "moons"})
+    with pytest.raises(ValueError, match="dataset must be .digits. or .shapes."):
+        recipes.class_denoiser(**{**config, "dataset": "moons"})
     with pytest.raises(ValueError, match="schedule must be one of"):
-        recipes.digits_denoiser(**{**config, "schedule": "quadratic"})
+        recipes.class_denoiser(**{**config, "schedule": "quadratic"})
 
 
 def test_the_shipped_digits_ddpm_file_is_small_fp16_and_matches_its_manifest():
@@ -87,5 +87,5 @@ def test_the_shipped_digits_ddpm_loads_with_its_sha_checked_and_draws_the_digits
 
 def test_an_untrained_digits_network_fails_the_same_threshold(classifier):
     torch.manual_seed(0)
-    agreement, _ = _agreement(recipes.digits_denoiser(**recipes.DIGITS_CONFIG), classifier, guidance_scale=2.0)
+    agreement, _ = _agreement(recipes.class_denoiser(**recipes.DIGITS_CONFIG), classifier, guidance_scale=2.0)
     assert agreement < GOOD_ENOUGH
