@@ -52,10 +52,13 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
 
     Temp file in the same folder -> write, flush, fsync -> ``os.replace`` -> fsync the folder
     (so the rename itself survives a power cut). On any failure the temp file is removed.
+    The file gets the permissions a plain ``open(path, "wb")`` would give (0o666 less the
+    umask), not mkstemp's owner-only 0o600.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -65,6 +68,12 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _umask() -> int:
+    mask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
 
 
 def _fsync_folder(folder: Path) -> None:

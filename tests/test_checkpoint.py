@@ -49,6 +49,16 @@ def test_sha256_is_the_hash_of_the_file_bytes(tmp_path):
     assert checkpoint.sha256(path) == hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def test_written_files_get_the_permissions_of_a_plain_open_not_mkstemps_owner_only(tmp_path):
+    old = os.umask(0o022)
+    try:
+        checkpoint.write_atomic(tmp_path / "f.bin", b"abc")
+        (tmp_path / "plain.bin").write_bytes(b"abc")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.bin").stat().st_mode & 0o777 == (tmp_path / "plain.bin").stat().st_mode & 0o777 == 0o644
+
+
 def test_crash_half_way_through_a_write_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
     path = tmp_path / "c.safetensors"
     old = {"w": torch.zeros(100)}
