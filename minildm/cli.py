@@ -1,4 +1,4 @@
-"""The ``minildm`` command: ``minildm train NAME``, ``minildm student SRC --out DST``."""
+"""The ``minildm`` command: ``minildm train NAME``, ``minildm evaluate NAME``, ``minildm student SRC --out DST``."""
 
 from __future__ import annotations
 
@@ -10,6 +10,13 @@ def _train(args: argparse.Namespace) -> int:
     from minildm import pretrained
 
     pretrained.train(args.name, profile=args.profile)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from minildm import pretrained
+
+    pretrained.evaluate(args.name, profile=args.profile)
     return 0
 
 
@@ -30,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("name", help="checkpoint name, e.g. toy2d-ddpm")
     p.add_argument("--profile", default=None, help="ignored by recipes that fix their own sizes")
     p.set_defaults(run=_train)
+
+    p = sub.add_parser("evaluate", help="re-score a shipped checkpoint by its recipe and update the manifest")
+    p.add_argument("name", help="checkpoint name, e.g. digits-ddpm")
+    p.add_argument("--profile", default=None, help="'smoke' scores only a few samples")
+    p.set_defaults(run=_evaluate)
 
     p = sub.add_parser("student", help="write student versions of notebooks (solutions removed)")
     p.add_argument("src", help="a notebook or a folder of notebooks")

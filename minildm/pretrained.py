@@ -42,6 +42,8 @@ class Recipe:
     file, so a file rebuilds its own architecture. train(profile, progress) trains one from
     scratch (``profile``: a profile name or None; ``progress``: show a progress bar) and
     returns ``(model, final metrics, optimizer steps)``; the model must be ``build(**config)``.
+    evaluate(model, profile), if given, computes those final metrics for a trained model, so
+    that a shipped file can be re-scored without retraining it (``evaluate`` below).
     """
 
     name: str
@@ -50,6 +52,7 @@ class Recipe:
     config: dict
     train: Callable[[str | None, bool], tuple[nn.Module, dict, int]]
     recipe: str  # in words, for the manifest and the lessons: data, steps, batch size, lr, ...
+    evaluate: Callable[[nn.Module, str | None], dict] | None = None
 
 
 REGISTRY: dict[str, Recipe] = {}
@@ -143,6 +146,26 @@ def train(name: str, profile: str | None = None) -> dict:
     print(f"{name}: wrote {path} ({entry['bytes'] / 1e6:.2f} MB, sha256 {entry['sha256'][:12]}…) "
           f"after {steps} steps in {seconds:.0f} s; metrics {metrics}")
     return entry
+
+
+def evaluate(name: str, profile: str | None = None) -> dict:
+    """Re-score the shipped ``NAME.safetensors`` by its recipe's ``evaluate`` and record the
+    metrics in the manifest (with the date); the weights, sha256 and training record stay as
+    they are. This is what ``minildm evaluate NAME`` runs."""
+    recipe = _recipe(name)
+    if recipe.evaluate is None:
+        raise ValueError(f"{name!r} has no evaluate step; its metrics come from training (minildm train {name})")
+    path = shipped_path(name)
+    if not path.exists():
+        raise FileNotFoundError(f"no shipped checkpoint {path} to evaluate; run `minildm train {name}` first")
+    _verify_sha256(name, path)
+    metrics = recipe.evaluate(_load_file(recipe, path).eval(), profile)
+    manifest = _read_manifest()
+    manifest[name] = {**manifest[name], "metrics": metrics, "recipe": recipe.recipe,
+                      "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    checkpoint.write_atomic(manifest_path(), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
+    print(f"{name}: metrics {metrics}")
+    return manifest[name]
 
 
 def _recipe(name: str) -> Recipe:

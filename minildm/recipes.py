@@ -187,19 +187,26 @@ def digits_samples(model, n: int, *, guidance_scale: float = 1.0, steps: int = 5
     return class_samples(model, DIGITS_CONFIG, y, guidance_scale=guidance_scale, steps=steps, seed=seed), y
 
 
+def evaluate_digits_ddpm(model, profile: str | None) -> dict:
+    """Per guidance scale, the fraction of ``n_eval`` samples (classes 0..9 in turn) that the
+    shipped digits-classifier labels with the class asked for."""
+    sizes = DIGITS_SIZES["smoke" if profile == "smoke" else "full"]
+    judge = pretrained.load("digits-classifier", device="cpu", progress=False)
+    scores = {}
+    for scale in sizes["guidance_scales"]:
+        x, y = digits_samples(model, sizes["n_eval"], guidance_scale=scale, steps=sizes["sample_steps"])
+        scores[f"agreement_guidance_{scale:g}"] = round(metrics.agreement(judge, x, y), 6)
+    return scores
+
+
 def train_digits_ddpm(profile: str | None, progress: bool):
-    """The digits' train split; metrics: per guidance scale, the fraction of ``n_eval`` samples
-    (classes 0..9 in turn) that the shipped digits-classifier labels with the class asked for."""
+    """The digits' train split; metrics: ``evaluate_digits_ddpm`` and the mean loss of the last 500 steps."""
     sizes = DIGITS_SIZES["smoke" if profile == "smoke" else "full"]
     x_train, y_train = data.digits(DIGITS_CONFIG["size"], split="train")  # (1437, 1, 16, 16), (1437,)
     ema, result = train_class_ddpm(DIGITS_CONFIG, x_train, y_train, sizes["steps"], progress)
-    judge = pretrained.load("digits-classifier", device="cpu", progress=progress)
-    scores = {}
-    for scale in sizes["guidance_scales"]:
-        x, y = digits_samples(ema, sizes["n_eval"], guidance_scale=scale, steps=sizes["sample_steps"])
-        scores[f"agreement_guidance_{scale:g}"] = metrics.agreement(judge, x, y)
-    scores["loss_last_500"] = sum(result.losses[-500:]) / len(result.losses[-500:])
-    return ema, {k: round(v, 6) for k, v in scores.items()}, result.step
+    scores = evaluate_digits_ddpm(ema, profile)
+    scores["loss_last_500"] = round(sum(result.losses[-500:]) / len(result.losses[-500:]), 6)
+    return ema, scores, result.step
 
 
 DIGITS_DDPM = pretrained.register(pretrained.Recipe(
@@ -216,6 +223,7 @@ DIGITS_DDPM = pretrained.register(pretrained.Recipe(
             "grad clip 1.0, EMA 0.995 (the EMA weights are shipped), seed 0, on the CPU. Metrics: agreement "
             "of the shipped digits-classifier with the class asked for on 500 samples (50 per class; DDIM, "
             "50 steps, eta 0, x0 clipped to [-1, 1]) at guidance scales 1, 1.5, 2, 3"),
+    evaluate=evaluate_digits_ddpm,
 ))
 
 
@@ -261,23 +269,31 @@ def shapes_adherence(images: torch.Tensor, classes: torch.Tensor) -> dict:
     return {key: float(np.mean(v)) for key, v in hits.items()}
 
 
+def evaluate_shapes_ddpm(model, profile: str | None) -> dict:
+    """Per guidance scale: the judge's reading of ``n_eval`` samples (15 classes in turn) and FID
+    against as many new real images in the shipped shapes-classifier's features."""
+    sizes = SHAPES_DDPM_SIZES["smoke" if profile == "smoke" else "full"]
+    features = pretrained.load("shapes-classifier", device="cpu", progress=False)
+    real = data.shapes(sizes["n_eval"], size=SHAPES_DDPM_CONFIG["size"], seed=1).images
+    scores = {}
+    for scale in sizes["guidance_scales"]:
+        x, y = shapes_samples(model, sizes["n_eval"], guidance_scale=scale, steps=sizes["sample_steps"])
+        scores |= {f"judge_{key}_guidance_{scale:g}": v for key, v in shapes_adherence(x, y).items()}
+        scores[f"fid_guidance_{scale:g}"] = metrics.fid(real, x, features)
+    return {k: round(v, 6) for k, v in scores.items()}
+
+
 def train_shapes_ddpm(profile: str | None, progress: bool):
-    """One-object 16x16 shapes, labelled by (shape, colour); metrics: the judge's reading of ``n_eval``
-    samples per guidance scale, and FID in the shipped shapes-classifier's features against new real images."""
+    """One-object 16x16 shapes, labelled by (shape, colour); metrics: ``evaluate_shapes_ddpm`` and
+    the mean loss of the last 500 steps."""
     sizes = SHAPES_DDPM_SIZES["smoke" if profile == "smoke" else "full"]
     batch = data.shapes(sizes["n_data"], size=SHAPES_DDPM_CONFIG["size"], seed=0)
     labels = torch.tensor([shapes_class(a["objects"][0]["shape"], a["objects"][0]["colour"])
                            for a in batch.attributes])  # (N,)
     ema, result = train_class_ddpm(SHAPES_DDPM_CONFIG, batch.images, labels, sizes["steps"], progress)
-    features = pretrained.load("shapes-classifier", device="cpu", progress=progress)
-    real = data.shapes(sizes["n_eval"], size=SHAPES_DDPM_CONFIG["size"], seed=1).images
-    scores = {}
-    for scale in sizes["guidance_scales"]:
-        x, y = shapes_samples(ema, sizes["n_eval"], guidance_scale=scale, steps=sizes["sample_steps"])
-        scores |= {f"judge_{key}_guidance_{scale:g}": v for key, v in shapes_adherence(x, y).items()}
-        scores[f"fid_guidance_{scale:g}"] = metrics.fid(real, x, features)
-    scores["loss_last_500"] = sum(result.losses[-500:]) / len(result.losses[-500:])
-    return ema, {k: round(v, 6) for k, v in scores.items()}, result.step
+    scores = evaluate_shapes_ddpm(ema, profile)
+    scores["loss_last_500"] = round(sum(result.losses[-500:]) / len(result.losses[-500:]), 6)
+    return ema, scores, result.step
 
 
 SHAPES_DDPM = pretrained.register(pretrained.Recipe(
@@ -294,6 +310,7 @@ SHAPES_DDPM = pretrained.register(pretrained.Recipe(
             "grad clip 1.0, EMA 0.995 (shipped), seed 0, on the CPU. Metrics on 300 samples (20 per class; "
             "DDIM 50 steps, eta 0, x0 clipped) at guidance scales 1, 2, 3: the shapes judge's shape / colour / "
             "both rates, and FID against 300 new real images (seed 1) in shapes-classifier features"),
+    evaluate=evaluate_shapes_ddpm,
 ))
 
 

@@ -70,6 +70,35 @@ def test_the_cli_command_runs_train(env):
     assert (pretrained.data_dir() / "checkpoints" / f"{NAME}.safetensors").exists()
 
 
+def test_evaluate_rescores_the_shipped_file_and_changes_only_the_metrics(env, monkeypatch):
+    pretrained.train(NAME)
+    path = pretrained.data_dir() / "checkpoints" / f"{NAME}.safetensors"
+    before = json.loads(pretrained.manifest_path().read_text())[NAME]
+    seen = []
+
+    def weight_norm(model, profile):
+        seen.append((type(model).__name__, model.training, profile))
+        return {"weight_norm": float(model.weight.norm())}
+
+    monkeypatch.setattr(pretrained.REGISTRY[NAME], "evaluate", weight_norm)
+    assert cli.main(["evaluate", NAME, "--profile", "smoke"]) == 0
+    after = json.loads(pretrained.manifest_path().read_text())[NAME]
+    tensors, _ = checkpoint.load(path)
+    assert after["metrics"] == {"weight_norm": float(tensors["weight"].float().norm())}
+    assert seen == [("Linear", False, "smoke")]
+    assert after["evaluated"] and after["sha256"] == before["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert {k: v for k, v in after.items() if k not in ("metrics", "evaluated")} == \
+        {k: v for k, v in before.items() if k != "metrics"}
+
+
+def test_evaluate_refuses_a_recipe_without_an_evaluate_step_or_a_missing_file(env, monkeypatch):
+    with pytest.raises(ValueError, match="has no evaluate step"):
+        pretrained.evaluate(NAME)
+    monkeypatch.setattr(pretrained.REGISTRY[NAME], "evaluate", lambda model, profile: {})
+    with pytest.raises(FileNotFoundError, match="no shipped checkpoint"):
+        pretrained.evaluate(NAME)
+
+
 def test_load_shipped_file_gives_the_trained_weights_within_fp16_rounding(env, monkeypatch):
     trained = {}
     recipe_train = pretrained.REGISTRY[NAME].train
