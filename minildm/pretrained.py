@@ -150,8 +150,8 @@ def train(name: str, profile: str | None = None) -> dict:
 
 def evaluate(name: str, profile: str | None = None) -> dict:
     """Re-score the shipped ``NAME.safetensors`` by its recipe's ``evaluate`` and record the
-    metrics in the manifest (with the date); the weights, sha256 and training record stay as
-    they are. This is what ``minildm evaluate NAME`` runs."""
+    metrics in the manifest (with the date); the weights, sha256 and training record (steps,
+    seconds, the ``loss...`` metrics) stay as they are. This is what ``minildm evaluate NAME`` runs."""
     recipe = _recipe(name)
     if recipe.evaluate is None:
         raise ValueError(f"{name!r} has no evaluate step; its metrics come from training (minildm train {name})")
@@ -161,6 +161,9 @@ def evaluate(name: str, profile: str | None = None) -> dict:
     _verify_sha256(name, path)
     metrics = recipe.evaluate(_load_file(recipe, path).eval(), profile)
     manifest = _read_manifest()
+    # the training losses are a record of the run, not a score: they stay
+    training = {k: v for k, v in manifest[name].get("metrics", {}).items() if k.startswith("loss")}
+    metrics = {**training, **metrics}
     manifest[name] = {**manifest[name], "metrics": metrics, "recipe": recipe.recipe,
                       "evaluated": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     checkpoint.write_atomic(manifest_path(), (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())

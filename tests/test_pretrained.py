@@ -84,7 +84,7 @@ def test_evaluate_rescores_the_shipped_file_and_changes_only_the_metrics(env, mo
     assert cli.main(["evaluate", NAME, "--profile", "smoke"]) == 0
     after = json.loads(pretrained.manifest_path().read_text())[NAME]
     tensors, _ = checkpoint.load(path)
-    assert after["metrics"] == {"weight_norm": float(tensors["weight"].float().norm())}
+    assert after["metrics"] == {"loss": before["metrics"]["loss"], "weight_norm": float(tensors["weight"].float().norm())}
     assert seen == [("Linear", False, "smoke")]
     assert after["evaluated"] and after["sha256"] == before["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert {k: v for k, v in after.items() if k not in ("metrics", "evaluated")} == \
