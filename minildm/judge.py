@@ -57,6 +57,9 @@ MIN_SIZE = 16  # smallest canvas side the judge reads
 COVERED = 0.4
 # a drawing fits inside a blob when at least this fraction of its pixels lie on the blob
 FIT = 0.9
+# a background further than this from black or white in some channel (in [-1, 1] units:
+# about 13 of 255) is mixed with as it is; closer, pixel noise would only bias it
+OFF_PALETTE = 0.1
 # a component smaller than this fraction of the smallest object (a small star) is noise
 MIN_AREA_FRACTION = 0.3
 # a star's inner radius over its tip radius (data._inside_star): r / h = cos 72 / cos 36
@@ -95,11 +98,19 @@ def _smooth(image: np.ndarray) -> np.ndarray:
     return ndimage.correlate1d(ndimage.correlate1d(image, kernel, -1, mode="nearest"), kernel, -2, mode="nearest")
 
 
-def _background(image: np.ndarray) -> int:
-    """Index into BACKGROUNDS of the palette background nearest the median border pixel."""
+def _background(image: np.ndarray) -> tuple[int, np.ndarray]:
+    """The background: (index into BACKGROUNDS of the palette background nearest the median
+    border pixel, the colour to mix with (3,)). That colour is the palette's, unless the
+    image's own background is clearly another (a generated image's is often grey): then it is
+    the median of the half of the border pixels nearest the palette background (so objects
+    touching the border are left out)."""
     border = np.concatenate([image[:, 0], image[:, -1], image[:, 1:-1, 0], image[:, 1:-1, -1]], 1)  # (3, 4S - 4)
-    median = np.median(border, 1)  # (3,)
-    return int(np.argmin(((_BACKGROUND_RGB - median) ** 2).sum(1)))
+    bg = int(np.argmin(((_BACKGROUND_RGB - np.median(border, 1)) ** 2).sum(1)))
+    distance = ((border - _BACKGROUND_RGB[bg][:, None]) ** 2).sum(0)  # (4S - 4,)
+    measured = np.median(border[:, distance <= np.median(distance)], 1)  # (3,)
+    if np.abs(measured - _BACKGROUND_RGB[bg]).max() <= OFF_PALETTE:
+        return bg, _BACKGROUND_RGB[bg]
+    return bg, measured
 
 
 def _mixing(image: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,8 +246,8 @@ def read(images: Tensor) -> list[dict]:
     scenes = []
     for image in x:
         image = _smooth(image)  # (3, S, S)
-        bg = _background(image)
-        alpha, distance = _mixing(image, _BACKGROUND_RGB[bg])
+        bg, b = _background(image)
+        alpha, distance = _mixing(image, b)
         objects = []
         for blob in _components(alpha, distance, min_area):
             whole = _describe(blob, alpha, distance, np.zeros_like(blob))
