@@ -140,15 +140,18 @@ def class_samples(model, config: dict, y: torch.Tensor, *, guidance_scale: float
 
     ``config`` is the recipe's (its schedule, T, size, channels and null class = num_classes).
     guidance_scale = 1 is the conditional model alone; above 1 classifier-free guidance pushes
-    away from the null-class prediction. Returns images (len(y), C, size, size) in [-1, 1].
+    away from the null-class prediction. The model may be on any device; the initial noise is
+    drawn on the CPU (the same samples everywhere, up to the device's arithmetic). Returns
+    images (len(y), C, size, size) in [-1, 1], on the CPU.
     """
     schedule = noise_schedule_of(config)
+    y = y.to(next(model.parameters()).device)  # (N,) where the model is
     guided = {} if guidance_scale == 1 else {
         "guidance_scale": guidance_scale, "uncond_kwargs": {"y": torch.full_like(y, config["num_classes"])}}
     shape = (len(y), config["in_channels"], config["size"], config["size"])
     x = samplers.sample(model, schedule, shape, sampler="ddim", steps=steps, clip=1.0,
                         generator=torch.Generator().manual_seed(seed), model_kwargs={"y": y}, **guided)
-    return x.clamp(-1, 1)
+    return x.clamp(-1, 1).cpu()
 
 
 def train_class_ddpm(config: dict, images: torch.Tensor, labels: torch.Tensor, steps: int, progress: bool):
