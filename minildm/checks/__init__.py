@@ -13,4 +13,5 @@ from .lesson03 import *  # noqa: F403
 from .lesson04 import *  # noqa: F403
 from .lesson05 import *  # noqa: F403
 from .lesson06 import *  # noqa: F403
+from .lesson07 import *  # noqa: F403
 from .lesson08 import *  # noqa: F403
