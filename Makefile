@@ -1,6 +1,7 @@
 # Everything a learner or a maintainer needs, from a machine with only Python 3.10+.
 #   make lab    create .venv if missing, install minildm, open JupyterLab on notebooks/
 #   make test   same set-up, then the whole test suite: tests/ and every notebook (smoke profile)
+#   make book   same set-up, then the book: every lesson executed (smoke profile), book/_build/html
 PYTHON ?= python3
 VENV   ?= .venv
 # A laptop gets the default torch wheel for its platform; CI pins the CPU build (see .ci/run).
@@ -28,5 +29,9 @@ test: install
 student: install
 	$(VENV)/bin/minildm student notebooks/ --out student/
 
+# Stages notebooks/ into book/lessons/ and builds with warnings as errors (see book/build.py).
+book: install
+	$(PY) book/build.py
+
 clean:
-	rm -rf $(VENV) student book/_build .pytest_cache
+	rm -rf $(VENV) student book/_build book/lessons .pytest_cache
