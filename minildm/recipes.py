@@ -174,6 +174,14 @@ def train_class_ddpm(config: dict, images: torch.Tensor, labels: torch.Tensor, s
     return result.ema, result
 
 
+def final_metrics(evaluate, model, result: train.TrainResult, profile: str | None) -> dict:
+    """A diffusion recipe's manifest metrics: ``evaluate(model, profile)`` and the mean loss of the
+    last 500 training steps."""
+    scores = evaluate(model, profile)
+    scores["loss_last_500"] = round(sum(result.losses[-500:]) / len(result.losses[-500:]), 6)
+    return scores
+
+
 DIGITS_CONFIG = {"dataset": "digits", "size": 16, "schedule": "cosine", "T": 1000, "label_dropout": 0.1,
                  "in_channels": 1, "base": 32, "mults": [1, 2, 2], "attn_levels": [2], "num_res_blocks": 1,
                  "num_classes": 10}
@@ -207,9 +215,7 @@ def train_digits_ddpm(profile: str | None, progress: bool):
     sizes = DIGITS_SIZES["smoke" if profile == "smoke" else "full"]
     x_train, y_train = data.digits(DIGITS_CONFIG["size"], split="train")  # (1437, 1, 16, 16), (1437,)
     ema, result = train_class_ddpm(DIGITS_CONFIG, x_train, y_train, sizes["steps"], progress)
-    scores = evaluate_digits_ddpm(ema, profile)
-    scores["loss_last_500"] = round(sum(result.losses[-500:]) / len(result.losses[-500:]), 6)
-    return ema, scores, result.step
+    return ema, final_metrics(evaluate_digits_ddpm, ema, result, profile), result.step
 
 
 DIGITS_DDPM = pretrained.register(pretrained.Recipe(
@@ -309,9 +315,7 @@ def train_shapes_ddpm(profile: str | None, progress: bool):
     labels = torch.tensor([shapes_class(a["objects"][0]["shape"], a["objects"][0]["colour"])
                            for a in batch.attributes])  # (N,)
     ema, result = train_class_ddpm(SHAPES_DDPM_CONFIG, batch.images, labels, sizes["steps"], progress)
-    scores = evaluate_shapes_ddpm(ema, profile)
-    scores["loss_last_500"] = round(sum(result.losses[-500:]) / len(result.losses[-500:]), 6)
-    return ema, scores, result.step
+    return ema, final_metrics(evaluate_shapes_ddpm, ema, result, profile), result.step
 
 
 SHAPES_DDPM = pretrained.register(pretrained.Recipe(
