@@ -78,7 +78,7 @@ def test_evaluate_rescores_the_shipped_file_and_changes_only_the_metrics(env, mo
 
     def weight_norm(model, profile):
         seen.append((type(model).__name__, model.training, profile))
-        return {"weight_norm": float(model.weight.norm())}
+        return {"weight_norm": float(model.weight.detach().norm())}
 
     monkeypatch.setattr(pretrained.REGISTRY[NAME], "evaluate", weight_norm)
     assert cli.main(["evaluate", NAME, "--profile", "smoke"]) == 0
