@@ -9,7 +9,13 @@ the coarser decoder feature decides, pixel by pixel, how much of each skip conne
 through. Cross-attention takes its keys and values from a context sequence (text tokens in
 latent diffusion, Rombach et al. 2022) instead of from the image itself.
 
-Every block maps NCHW to NCHW; ``emb`` is the (B, emb_dim) time (+ class) embedding.
+The spatial transformer of latent diffusion (Rombach et al. 2022, Stable Diffusion) treats the
+H*W pixels as tokens and runs transformer blocks over them: pre-LayerNorm self-attention,
+cross-attention to the text, and a GEGLU feed-forward (Shazeer 2020), each with a residual.
+Those token-level classes (``Attention``, ``GEGLU``, ``FeedForward``, ``BasicTransformerBlock``)
+use diffusers' parameter names, so a diffusers state dict (or a LoRA file) loads as it is.
+
+Every other block maps NCHW to NCHW; ``emb`` is the (B, emb_dim) time (+ class) embedding.
 """
 
 from __future__ import annotations
@@ -19,7 +25,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
@@ -38,8 +43,9 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
         emb = F.pad(emb, (0, 1))  # (B, dim)
     return emb
 
-__all__ = ["timestep_embedding", "attention", "ResBlock", "Downsample", "Upsample",
-           "SelfAttention", "CrossAttention", "AttentionGate"]
+__all__ = ["timestep_embedding", "attention", "attention_weights", "ResBlock", "Downsample", "Upsample",
+           "SelfAttention", "AttentionGate", "Attention", "GEGLU", "FeedForward",
+           "BasicTransformerBlock", "SpatialTransformer"]
 
 
 def _check_groups(ch: int, groups: int, name: str = "ch") -> None:
@@ -98,6 +104,15 @@ class Upsample(nn.Module):
         return self.conv(x)
 
 
+def attention_weights(q: Tensor, k: Tensor) -> Tensor:
+    """The attention map A = softmax(Q K^T / sqrt(d)), q (B, heads, N, d), k (B, heads, M, d) -> (B, heads, N, M).
+
+    Row n says how much query n looks at each key m; every row sums to 1 (Vaswani et al. 2017, eq. 1).
+    """
+    # A = softmax(Q K^T / sqrt(d))
+    return torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, heads, N, M)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, manual: bool = False) -> Tensor:
     """Scaled dot-product attention, q (B, heads, N, d), k and v (B, heads, M, d) -> (B, heads, N, d).
 
@@ -106,10 +121,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, manual: bool = False) -> Tensor:
     """
     if not manual:
         return F.scaled_dot_product_attention(q, k, v)
-    # A = softmax(Q K^T / sqrt(d)): row n says how much position n looks at each position m
-    weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1]), dim=-1)  # (B, heads, N, M)
-    # out = A V
-    return weights @ v  # (B, heads, N, d)
+    # out = softmax(Q K^T / sqrt(d)) V
+    return attention_weights(q, k) @ v  # (B, heads, N, d)
+
+
+def _split_heads(h: Tensor, heads: int) -> Tensor:
+    """(B, N, heads d) -> (B, heads, N, d): each head attends with its own d features."""
+    B, N, C = h.shape
+    return h.reshape(B, N, heads, C // heads).transpose(1, 2)  # (B, heads, N, d)
+
+
+def _merge_heads(h: Tensor) -> Tensor:
+    """(B, heads, N, d) -> (B, N, heads d): the heads' outputs side by side."""
+    B, heads, N, d = h.shape
+    return h.transpose(1, 2).reshape(B, N, heads * d)  # (B, N, heads d)
 
 
 class SelfAttention(nn.Module):
@@ -133,40 +158,17 @@ class SelfAttention(nn.Module):
         self.to_out = nn.Linear(ch, ch)
 
     def _split_heads(self, h: Tensor) -> Tensor:
-        B, N, C = h.shape
-        return h.reshape(B, N, self.heads, C // self.heads).transpose(1, 2)  # (B, heads, N, C/heads)
-
-    def _attend(self, x: Tensor, context: Tensor | None) -> Tensor:
-        """Queries from x; keys and values from ``context`` (B, M, C_ctx), or from x when None."""
-        B, C, H, W = x.shape
-        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
-        source = tokens if context is None else context  # (B, M, C or C_ctx)
-        q = self._split_heads(self.to_q(tokens))  # (B, heads, HW, d)
-        k = self._split_heads(self.to_k(source))  # (B, heads, M, d)
-        v = self._split_heads(self.to_v(source))  # (B, heads, M, d)
-        out = attention(q, k, v, self.manual).transpose(1, 2).reshape(B, H * W, C)  # (B, HW, C)
-        out = self.to_out(out).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
-        return x + out
+        return _split_heads(h, self.heads)  # (B, heads, N, C/heads)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._attend(x, None)
-
-
-class CrossAttention(SelfAttention):
-    """Attention whose queries come from the image and keys / values from a context sequence.
-
-    x + W_o Attn(Q = W_q GN(x), K = W_k c, V = W_v c) with c (B, L, context_dim), e.g. text
-    tokens. (B, C, H, W), (B, L, context_dim) -> (B, C, H, W). A plain layer: lesson 11 builds
-    the full spatial transformer (self-attention, cross-attention, feed-forward).
-    """
-
-    def __init__(self, ch: int, context_dim: int, heads: int = 4, groups: int = 8, manual: bool = False):
-        super().__init__(ch, heads, groups, manual)
-        self.to_k = nn.Linear(context_dim, ch, bias=False)
-        self.to_v = nn.Linear(context_dim, ch, bias=False)
-
-    def forward(self, x: Tensor, context: Tensor) -> Tensor:
-        return self._attend(x, context)
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C)
+        q = self._split_heads(self.to_q(tokens))  # (B, heads, HW, d)
+        k = self._split_heads(self.to_k(tokens))  # (B, heads, HW, d)
+        v = self._split_heads(self.to_v(tokens))  # (B, heads, HW, d)
+        out = _merge_heads(attention(q, k, v, self.manual))  # (B, HW, C)
+        out = self.to_out(out).transpose(1, 2).reshape(B, C, H, W)  # (B, C, H, W)
+        return x + out
 
 
 class AttentionGate(nn.Module):
@@ -193,3 +195,180 @@ class AttentionGate(nn.Module):
 
     def forward(self, x: Tensor, g: Tensor) -> Tensor:
         return x * self.mask(x, g)  # (B, skip_ch, H, W)
+
+
+def _check_positive(**values: int | None) -> None:
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def _head_dim(dim: int, heads: int, dim_head: int | None, name: str) -> int:
+    """``dim_head``, or ``dim / heads`` when it is None (which must then divide)."""
+    _check_positive(heads=heads, dim_head=dim_head)
+    if dim_head is None and dim % heads:
+        raise ValueError(f"{name}={dim} must be a multiple of heads={heads} when dim_head is None")
+    return dim // heads if dim_head is None else dim_head
+
+
+class Attention(nn.Module):
+    """Multi-head attention on token sequences, with diffusers' parameter names.
+
+    out = W_o [head_1 | ... | head_h], head_i = softmax(Q_i K_i^T / sqrt(d)) V_i with Q = W_q x,
+    K = W_k c, V = W_v c (Vaswani et al. 2017, eq. 1-2); c is ``context`` (cross-attention:
+    text tokens in Rombach et al. 2022) or x itself when ``context`` is None (self-attention).
+    No residual and no norm here: ``BasicTransformerBlock`` adds both. x (B, N, query_dim),
+    context (B, M, context_dim) -> (B, N, query_dim).
+
+    ``manual=True`` uses the readable softmax(QK^T / sqrt(d)) V instead of the fused kernel.
+    ``store_maps=True`` also keeps the last attention weights, (B, heads, N, M), in ``self.maps``
+    (detached; computed the manual way), so a lesson can draw where each query looked.
+    Parameter names ``to_q``, ``to_k``, ``to_v`` (no bias), ``to_out.0`` are diffusers'.
+    """
+
+    def __init__(self, query_dim: int, context_dim: int | None = None, heads: int = 4,
+                 dim_head: int | None = None, dropout: float = 0.0, manual: bool = False):
+        super().__init__()
+        _check_positive(query_dim=query_dim, context_dim=context_dim)
+        dim_head = _head_dim(query_dim, heads, dim_head, "query_dim")
+        inner = heads * dim_head
+        self.heads, self.manual, self.store_maps = heads, manual, False
+        self.is_cross_attention = context_dim is not None
+        self.maps: Tensor | None = None
+        self.to_q = nn.Linear(query_dim, inner, bias=False)
+        self.to_k = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_v = nn.Linear(context_dim or query_dim, inner, bias=False)
+        self.to_out = nn.Sequential(nn.Linear(inner, query_dim), nn.Dropout(dropout))
+
+    def _check_inputs(self, x: Tensor, context: Tensor | None) -> None:
+        query_dim, source_dim = self.to_q.in_features, self.to_k.in_features
+        if x.dim() != 3 or x.shape[-1] != query_dim:
+            raise ValueError(f"x must have shape (B, N, {query_dim}), got {tuple(x.shape)}")
+        if context is None and source_dim != query_dim:
+            raise ValueError(f"context is required: keys and values take context_dim={source_dim} features, "
+                             f"but x has {query_dim}")
+        if context is not None and (context.dim() != 3 or context.shape[0] != x.shape[0]
+                                    or context.shape[-1] != source_dim):
+            raise ValueError(f"context must have shape ({x.shape[0]}, M, {source_dim}), got {tuple(context.shape)}")
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        self._check_inputs(x, context)
+        source = x if context is None else context  # (B, M, C_src)
+        q = _split_heads(self.to_q(x), self.heads)  # (B, heads, N, d)
+        k = _split_heads(self.to_k(source), self.heads)  # (B, heads, M, d)
+        v = _split_heads(self.to_v(source), self.heads)  # (B, heads, M, d)
+        if self.store_maps:
+            weights = attention_weights(q, k)  # (B, heads, N, M)
+            self.maps = weights.detach()
+            # out = A V
+            out = weights @ v  # (B, heads, N, d)
+        else:
+            out = attention(q, k, v, self.manual)  # (B, heads, N, d)
+        return self.to_out(_merge_heads(out))  # (B, N, query_dim)
+
+
+class GEGLU(nn.Module):
+    """A GELU-gated linear unit (Shazeer 2020, "GLU variants improve transformer").
+
+    [h | g] = W x + b; out = h * GELU(g): the first half is the value, the second the gate, as in
+    diffusers. (..., dim_in) -> (..., dim_out).
+    """
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.proj = nn.Linear(dim_in, 2 * dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, gate = self.proj(x).chunk(2, dim=-1)  # (..., dim_out) each
+        # GEGLU(x) = (x W + b) * GELU(x V + c)
+        return h * F.gelu(gate)  # (..., dim_out)
+
+
+class FeedForward(nn.Module):
+    """The transformer's position-wise feed-forward: GEGLU up to ``mult * dim``, dropout, linear back.
+
+    (..., dim) -> (..., dim). Keys ``net.0.proj`` and ``net.2`` are diffusers' ``FeedForward``.
+    """
+
+    def __init__(self, dim: int, mult: int = 4, dropout: float = 0.0):
+        super().__init__()
+        _check_positive(dim=dim, mult=mult)
+        self.net = nn.Sequential(GEGLU(dim, mult * dim), nn.Dropout(dropout), nn.Linear(mult * dim, dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)  # (..., dim)
+
+
+class BasicTransformerBlock(nn.Module):
+    """A pre-norm transformer block on tokens: self-attention, cross-attention, feed-forward.
+
+    h = x + attn1(LN1(x));  h = h + attn2(LN2(h), context);  out = h + ff(LN3(h))
+    (Vaswani et al. 2017 with the norm moved before each sublayer; the block of Rombach et al.
+    2022 and Stable Diffusion). Without ``context_dim`` there is no attn2 (as in diffusers);
+    with it, a missing context makes attn2 attend to the tokens themselves, which needs
+    context_dim == dim. x (B, N, dim), context (B, L, context_dim) -> (B, N, dim).
+    Submodule names match diffusers' ``BasicTransformerBlock``, so its state dict loads as is.
+    """
+
+    def __init__(self, dim: int, heads: int = 4, dim_head: int | None = None, context_dim: int | None = None,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(dim, None, heads, dim_head, dropout)
+        self.norm2 = None if context_dim is None else nn.LayerNorm(dim)
+        self.attn2 = None if context_dim is None else Attention(dim, context_dim, heads, dim_head, dropout)
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, dropout=dropout)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        if self.attn2 is None and context is not None:
+            raise ValueError("context was given but this block has no cross-attention (context_dim=None)")
+        # h = x + SelfAttn(LN(x))
+        h = x + self.attn1(self.norm1(x))  # (B, N, dim)
+        if self.attn2 is not None:
+            # h = h + CrossAttn(LN(h), c): queries from the tokens, keys and values from the context
+            h = h + self.attn2(self.norm2(h), context)  # (B, N, dim)
+        # out = h + FF(LN(h))
+        return h + self.ff(self.norm3(h))  # (B, N, dim)
+
+
+class SpatialTransformer(nn.Module):
+    """Transformer blocks over the H*W pixels of a feature map (Rombach et al. 2022, Fig. 3).
+
+    tokens = proj_in(GN(x)) as H*W tokens of heads * dim_head features; ``depth`` transformer
+    blocks; out = x + proj_out(tokens). proj_in and proj_out are 1x1 convolutions (diffusers'
+    ``Transformer2DModel`` default, ``use_linear_projection=False``); GroupNorm eps is 1e-6 as
+    there. proj_out starts at zero, as in the LDM code, so a new block is the identity and a
+    pretrained U-Net is unchanged until training moves it; diffusers initialises it randomly,
+    which only matters before loading weights. x (B, ch, H, W), context (B, L, context_dim) ->
+    (B, ch, H, W). Names match ``Transformer2DModel`` (norm, proj_in, transformer_blocks, proj_out).
+    """
+
+    def __init__(self, ch: int, context_dim: int | None = None, heads: int = 4, dim_head: int | None = None,
+                 depth: int = 1, groups: int = 8, dropout: float = 0.0):
+        super().__init__()
+        _check_positive(ch=ch, depth=depth)
+        _check_groups(ch, groups)
+        dim_head = _head_dim(ch, heads, dim_head, "ch")
+        inner = heads * dim_head
+        self.norm = nn.GroupNorm(groups, ch, eps=1e-6)
+        self.proj_in = nn.Conv2d(ch, inner, 1)
+        self.transformer_blocks = nn.ModuleList(
+            BasicTransformerBlock(inner, heads, dim_head, context_dim, dropout) for _ in range(depth))
+        self.proj_out = nn.Conv2d(inner, ch, 1)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        ch = self.proj_in.in_channels
+        if x.dim() != 4 or x.shape[1] != ch:
+            raise ValueError(f"x must have shape (B, {ch}, H, W), got {tuple(x.shape)}")
+        B, _, H, W = x.shape
+        h = self.proj_in(self.norm(x))  # (B, inner, H, W)
+        inner = h.shape[1]
+        h = h.flatten(2).transpose(1, 2)  # (B, HW, inner): one token per pixel
+        for block in self.transformer_blocks:
+            h = block(h, context)  # (B, HW, inner)
+        h = h.transpose(1, 2).reshape(B, inner, H, W)  # (B, inner, H, W)
+        # out = x + proj_out(blocks(proj_in(GN(x))))
+        return x + self.proj_out(h)  # (B, ch, H, W)

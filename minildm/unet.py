@@ -7,8 +7,9 @@ denoiser of DDPM by adding the timestep to every residual block and self-attenti
 coarse levels. Here each level keeps one skip (the output of its residual blocks), so the shape
 table stays short; attention gates (Oktay et al. 2018) can filter those skips; class labels add
 a learned embedding to the time embedding (index ``num_classes`` is the null class for
-classifier-free guidance, Ho & Salimans 2022); ``context_dim`` adds a plain cross-attention
-layer after every self-attention, keys and values from a (B, L, context_dim) sequence.
+classifier-free guidance, Ho & Salimans 2022); ``context_dim`` replaces every self-attention
+with a spatial transformer (self-attention, cross-attention to a (B, L, context_dim) sequence
+such as text tokens, feed-forward), as the latent diffusion U-Net does (Rombach et al. 2022).
 
 Layout, for ``mults=(1, 2, 2)`` and 32x32 inputs (C = base):
 
@@ -41,7 +42,7 @@ def _apply(layers: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor | None
     for layer in layers:
         if isinstance(layer, blocks.ResBlock):
             h = layer(h, emb)
-        elif isinstance(layer, blocks.CrossAttention):
+        elif isinstance(layer, blocks.SpatialTransformer):
             h = layer(h, context)
         else:
             h = layer(h)
@@ -52,7 +53,9 @@ class UNet(nn.Module):
     """A time- (and optionally class- / context-) conditioned U-Net.
 
     ``mults[i]`` sets level i's width base * mults[i]; levels listed in ``attn_levels`` get
-    self-attention after each residual block (the middle always has one). ``learned_range``
+    self-attention after each residual block (the middle always has one); with ``context_dim``
+    that attention is a ``SpatialTransformer`` (zero-initialised output, so the context has
+    no effect until training moves it) instead. ``learned_range``
     doubles the output channels (the prediction, then v for the variance). The forward pass is
     ``(x (B, in_channels, H, W), t int | LongTensor[B], y LongTensor[B] | None,
     context (B, L, context_dim) | None) -> (B, out_channels, H, W)``; H and W must divide by
@@ -83,18 +86,17 @@ class UNet(nn.Module):
         emb_dim = 4 * base
         widths = [base * m for m in self.mults]
 
-        def attention_layers(ch: int) -> list[nn.Module]:
-            layers = [blocks.SelfAttention(ch, heads, groups)]
-            if context_dim is not None:
-                layers.append(blocks.CrossAttention(ch, context_dim, heads, groups))
-            return layers
+        def attention_layer(ch: int) -> nn.Module:
+            if context_dim is None:
+                return blocks.SelfAttention(ch, heads, groups)
+            return blocks.SpatialTransformer(ch, context_dim, heads, groups=groups, dropout=dropout)
 
         def level(in_ch: int, ch: int, attn: bool) -> nn.ModuleList:
             layers = []
             for j in range(num_res_blocks):
                 layers.append(blocks.ResBlock(in_ch if j == 0 else ch, ch, emb_dim, groups, dropout))
                 if attn:
-                    layers.extend(attention_layers(ch))
+                    layers.append(attention_layer(ch))
             return nn.ModuleList(layers)
 
         # e = MLP(sinusoid(t)) [+ E_y]
@@ -105,7 +107,7 @@ class UNet(nn.Module):
         self.down = nn.ModuleList(level(i, w, k in attn_levels) for k, (i, w) in enumerate(zip(ins, widths)))
         self.downsample = nn.ModuleList(blocks.Downsample(w) for w in widths[:-1])
         top = widths[-1]
-        self.mid = nn.ModuleList([blocks.ResBlock(top, top, emb_dim, groups, dropout), *attention_layers(top),
+        self.mid = nn.ModuleList([blocks.ResBlock(top, top, emb_dim, groups, dropout), attention_layer(top),
                                   blocks.ResBlock(top, top, emb_dim, groups, dropout)])
         # level k's decoder sees the decoder output of level k+1 (or the middle) next to skip k
         coarser = widths[1:] + [top]
@@ -179,7 +181,8 @@ class UNet(nn.Module):
         """(name, output shape) of every block, in call order, for one image of size ``x_size``."""
         H, W = (x_size, x_size) if isinstance(x_size, numbers.Integral) else x_size
         device = self.conv_in.weight.device
-        kinds = (blocks.ResBlock, blocks.SelfAttention, blocks.Downsample, blocks.Upsample, blocks.AttentionGate)
+        kinds = (blocks.ResBlock, blocks.SelfAttention, blocks.SpatialTransformer, blocks.Downsample, blocks.Upsample,
+                 blocks.AttentionGate)
         named = [(n, m) for n, m in self.named_modules() if n in ("conv_in", "conv_out") or isinstance(m, kinds)]
         rows: list[tuple[str, tuple[int, ...]]] = []
         hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: rows.append((n, tuple(out.shape))))
