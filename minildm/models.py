@@ -1,4 +1,6 @@
-"""Denoising networks: a small MLP for 2-D toy data, and the U-Net for images (``minildm.unet``).
+"""The networks: a small MLP denoiser for 2-D toy data, and, from their own modules, the U-Net
+(``minildm.unet``), the autoencoders (``minildm.autoencoders``) and the PatchGAN
+(``minildm.perceptual``).
 
 A denoiser is a function eps_theta(x_t, t): it sees the noisy point and the timestep and
 predicts the noise (or x0, or v). The timestep enters through a sinusoidal embedding, the
@@ -56,3 +58,5 @@ class ToyMLP(nn.Module):
 
 
 from minildm.unet import UNet  # noqa: E402,F401  (the image model, in its own module)
+from minildm.autoencoders import Autoencoder, AutoencoderKL, VQAutoencoder  # noqa: E402,F401
+from minildm.perceptual import PatchGAN  # noqa: E402,F401

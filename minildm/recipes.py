@@ -15,6 +15,9 @@ digits-ddpm A class-conditional DDPM on 16x16 digits: a UNet eps-model with a cl
             conditional and unconditional (classifier-free guidance, Ho & Salimans 2022),
             cosine schedule (Nichol & Dhariwal 2021), T = 1000. Scored by how often a classifier
             trained on the real digits names the class the sample was asked for.
+shapes-vae  Stage 1 of latent diffusion: a KL-regularised autoencoder (f = 4) that maps 32x32
+            shapes to 8x8x4 latents, trained with L1 + perceptual + a 1e-6 KL (Rombach et al. 2022);
+            its latent scale factor is measured after training and saved with the weights.
 digits-classifier, shapes-classifier
             Small CNNs (``minildm.classifier``) trained in seconds: their predictions give label
             agreement, their pooled features are the space FID and KID are measured in (lesson 08).
@@ -25,7 +28,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from minildm import classifier, data, diffusion, judge, metrics, models, pretrained, samplers, schedules, train, unet
+from minildm import (autoencoders, classifier, data, diffusion, judge, metrics, models, perceptual, pretrained, samplers,
+                     schedules, train, unet)
 
 
 def noise_schedule(name: str) -> schedules.NoiseSchedule:
@@ -440,4 +444,81 @@ SHAPES_CLASSIFIER = pretrained.register(pretrained.Recipe(
             "shape_set=ALL_SHAPES, seed=0), half of each batch averaged down to 16x16 and upsampled back; "
             "summed cross-entropy, train.fit for 600 AdamW steps, batch 128, lr 2e-3, grad clip 1.0, seed 0, "
             "on the CPU. Metrics: accuracy per head on 1000 new images (seed 1) at 32x32 and at 16x16"),
+))
+
+
+# ---------------------------------------------------------------------------- shapes-vae
+
+SHAPES_VAE_CONFIG = {"in_channels": 3, "latent_channels": 4, "factor": 4, "base": 32, "mults": [1, 2, 2],
+                     "num_res_blocks": 1}
+SHAPES_VAE_SIZES = {"full": {"steps": 4_000, "n_data": 20_000, "n_eval": 1_000},
+                    "smoke": {"steps": 5, "n_data": 256, "n_eval": 32}}
+SHAPES_VAE_TRAIN = {"batch_size": 32, "lr": 1e-3, "betas": (0.5, 0.9), "grad_clip": 1.0, "seed": 0}
+SHAPES_VAE_LOSS = {"reg_weight": 1e-6, "perceptual_weight": 1.0}
+
+
+def shapes_vae_data(n: int, seed: int) -> data.ShapesBatch:
+    """What shapes-vae sees: 32x32 images with one or two objects of any shape, stars included
+    (the autoencoder compresses pictures; the LoRA lesson's new concept must survive it)."""
+    return data.shapes(n, size=32, n_objects=(1, 2), shape_set=data.ALL_SHAPES, seed=seed)
+
+
+@torch.no_grad()
+def reconstruct(autoencoder: autoencoders.Autoencoder, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """D(latents(x)) clamped to [-1, 1], ``batch_size`` images at a time, on the model's device; returns CPU images."""
+    device = next(autoencoder.parameters()).device
+    return torch.cat([autoencoder.decode(autoencoder.latents(x.to(device))).clamp(-1, 1).cpu()
+                      for x in images.split(batch_size)])
+
+
+def evaluate_shapes_vae(model: autoencoders.Autoencoder, profile: str | None) -> dict:
+    """On ``n_eval`` new images (seed 1): mean PSNR of the reconstructions (from the posterior
+    mean), and the judge's rate of everything-right on the reconstructions and on the originals."""
+    sizes = SHAPES_VAE_SIZES["smoke" if profile == "smoke" else "full"]
+    held_out = shapes_vae_data(sizes["n_eval"], seed=1)
+    x_hat = reconstruct(model, held_out.images)
+    return {"psnr_db": round(float(perceptual.psnr(held_out.images, x_hat).mean()), 3),
+            "judge_all_reconstructions": round(judge.score(x_hat, held_out.captions).rates["all"], 6),
+            "judge_all_originals": round(judge.score(held_out.images, held_out.captions).rates["all"], 6),
+            "scale_factor": round(float(model.scale_factor), 6)}
+
+
+def train_shapes_vae(profile: str | None, progress: bool):
+    """L1 + perceptual (shapes-classifier features) + 1e-6 KL; then the latent scale factor,
+    1 / std of the training latents, is measured and stored in the model's ``scale_factor``."""
+    sizes = SHAPES_VAE_SIZES["smoke" if profile == "smoke" else "full"]
+    images = shapes_vae_data(sizes["n_data"], seed=0).images  # (N, 3, 32, 32)
+    torch.manual_seed(SHAPES_VAE_TRAIN["seed"])  # the initial weights
+    vae = autoencoders.AutoencoderKL(**SHAPES_VAE_CONFIG)
+    features = pretrained.load("shapes-classifier", device="cpu", progress=False)
+    trainer = perceptual.AutoencoderTraining(vae, perceptual=features, **SHAPES_VAE_LOSS)
+    # the longest recipe: an interrupted run resumes from its file in the cache
+    run = None if profile == "smoke" else pretrained.cache_dir() / "shapes-vae.run.safetensors"
+    if run is not None:
+        run.parent.mkdir(parents=True, exist_ok=True)
+    result = train.fit(trainer, lambda net, x, g: net.loss(x, g), images, steps=sizes["steps"], device="cpu",
+                       progress=progress, checkpoint=run, checkpoint_every=None if run is None else 250,
+                       resume=run is not None, **SHAPES_VAE_TRAIN)
+    vae.eval()
+    vae.scale_factor.fill_(autoencoders.latent_scale_factor(vae, images[:5_000]))
+    scores = evaluate_shapes_vae(vae, profile)
+    scores["loss_last_500"] = round(sum(result.losses[-500:]) / len(result.losses[-500:]), 3)
+    return vae, scores, result.step
+
+
+SHAPES_VAE = pretrained.register(pretrained.Recipe(
+    name="shapes-vae",
+    description="KL-regularised autoencoder (f = 4): 32x32 shapes <-> 8x8x4 latents; stage 1 of the shapes LDM",
+    build=autoencoders.AutoencoderKL,
+    config=SHAPES_VAE_CONFIG,
+    train=train_shapes_vae,
+    recipe=("AutoencoderKL(latent_channels=4, factor=4, base=32, mults=(1, 2, 2), 1 res block per level) on "
+            "data.shapes(20000, size=32, n_objects=(1, 2), shape_set=ALL_SHAPES, seed=0); loss per image: "
+            "sum over pixels of |x - x_hat| + 1.0 * P(x, x_hat) (unit-normalised shapes-classifier feature "
+            "maps, LPIPS-style) + 1e-6 KL, no adversarial term; train.fit for 4000 AdamW steps, batch 32, lr "
+            "1e-3, betas (0.5, 0.9), grad clip 1.0, seed 0, on the CPU. scale_factor = 1 / std of the "
+            "posterior means of the first 5000 training images. Metrics on 1000 new images (seed 1): mean "
+            "PSNR of the reconstructions (posterior mean decoded), and the judge's everything-right rate on "
+            "reconstructions and originals"),
+    evaluate=evaluate_shapes_vae,
 ))
