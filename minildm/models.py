@@ -60,3 +60,4 @@ class ToyMLP(nn.Module):
 from minildm.unet import UNet  # noqa: E402,F401  (the image model, in its own module)
 from minildm.autoencoders import Autoencoder, AutoencoderKL, VQAutoencoder  # noqa: E402,F401
 from minildm.perceptual import PatchGAN  # noqa: E402,F401
+from minildm.controlnet import ControlNet, ControlledUNet, MultiControlNet  # noqa: E402,F401  (lesson 14)

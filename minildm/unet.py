@@ -10,6 +10,9 @@ a learned embedding to the time embedding (index ``num_classes`` is the null cla
 classifier-free guidance, Ho & Salimans 2022); ``context_dim`` replaces every self-attention
 with a spatial transformer (self-attention, cross-attention to a (B, L, context_dim) sequence
 such as text tokens, feed-forward), as the latent diffusion U-Net does (Rombach et al. 2022).
+A ControlNet (Zhang et al. 2023, ``minildm.controlnet``) steers a locked U-Net through
+``down_residuals`` (one per skip) and ``mid_residual``, added where diffusers adds them: to the
+skips the decoder receives, and to the middle block's output.
 
 Layout, for ``mults=(1, 2, 2)`` and 32x32 inputs (C = base):
 
@@ -47,6 +50,16 @@ def _apply(layers: nn.ModuleList, h: Tensor, emb: Tensor, context: Tensor | None
         else:
             h = layer(h)
     return h
+
+
+def _add_residual(feature: Tensor, residual: Tensor, name: str) -> Tensor:
+    """feature + residual, refusing a residual of another shape (broadcasting would hide the mistake)."""
+    if not isinstance(residual, Tensor):
+        raise ValueError(f"{name} must be a tensor of shape {tuple(feature.shape)}, got {type(residual).__name__}")
+    if residual.shape != feature.shape:
+        raise ValueError(f"{name} must have the shape of the feature it is added to, {tuple(feature.shape)}, "
+                         f"got {tuple(residual.shape)}")
+    return feature + residual
 
 
 class UNet(nn.Module):
@@ -151,8 +164,21 @@ class UNet(nn.Module):
             raise ValueError(f"context must have shape ({B}, L, {self.context_dim}), got {got}")
         return t.to(x.device).expand(B)
 
-    def forward(self, x: Tensor, t, y: Tensor | None = None, context: Tensor | None = None) -> Tensor:
+    def _check_residuals(self, down_residuals) -> None:
+        """A ControlNet gives one residual per skip (each tensor's shape is checked where it is added)."""
+        if down_residuals is None:
+            return
+        if isinstance(down_residuals, Tensor) or not isinstance(down_residuals, Sequence):
+            raise ValueError(f"down_residuals must be a list of {len(self.down)} tensors, one per skip, "
+                             f"got {type(down_residuals).__name__}")
+        if len(down_residuals) != len(self.down):
+            raise ValueError(f"down_residuals must hold one tensor per skip: {len(self.down)} "
+                             f"(len(mults) = {len(self.mults)}), got {len(down_residuals)}")
+
+    def forward(self, x: Tensor, t, y: Tensor | None = None, context: Tensor | None = None,
+                down_residuals: Sequence[Tensor] | None = None, mid_residual: Tensor | None = None) -> Tensor:
         t = self._check_inputs(x, t, y, context)
+        self._check_residuals(down_residuals)
         # e = MLP(sinusoid(t)) [+ E_y]
         emb = self.time_mlp(timestep_embedding(t, self.base).to(x.dtype))  # (B, 4 base)
         if self.class_emb is not None:
@@ -164,7 +190,12 @@ class UNet(nn.Module):
             skips.append(h)
             if k < len(self.downsample):
                 h = self.downsample[k](h)  # (B, base mults[k], H / 2^(k+1), W / 2^(k+1))
-        h = _apply(self.mid, h, emb, context)
+        if down_residuals is not None:
+            # skip_k <- skip_k + r_k: the control reaches the decoder, not the encoder's own path down
+            skips = [_add_residual(s, r, f"down_residuals[{k}]") for k, (s, r) in enumerate(zip(skips, down_residuals))]
+        h = _apply(self.mid, h, emb, context)  # (B, base mults[-1], H / 2^(L-1), W / 2^(L-1))
+        if mid_residual is not None:
+            h = _add_residual(h, mid_residual, "mid_residual")
         for k in reversed(range(len(self.up))):
             g = h  # the coarser decoder feature: the gating signal
             if k < len(self.upsample):
