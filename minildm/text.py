@@ -269,10 +269,13 @@ def contrastive_loss(logits: Tensor, positives: Tensor | None = None) -> Tensor:
 
     logits     (N, N) logits_per_image: row i scores image i against every caption
     positives  optional (N, N) bool, True where image i and caption j match (at least the
-               diagonal). None is the identity: only pair i matches i, as in the paper. With
-               repeated captions (``same_caption``) the target of each row is spread evenly
-               over its matches, so the loss no longer asks the model to tell identical
-               captions apart, which it cannot.
+               diagonal). None is the identity: only pair i matches i, as in the paper. The
+               target of each row is spread evenly over its matches. For repeated captions
+               (``same_caption``) this changes neither the value nor the gradient -- identical
+               token rows give identical logit columns -- but it says what the loss cannot
+               do: it never goes below (1/N) sum_i log c_i, c_i the copies of caption i in the
+               batch (lesson 10 draws that floor). Matches that are not identical rows
+               (paraphrases) would change the loss.
     """
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != logits.shape[1]:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
