@@ -308,3 +308,16 @@ def test_caption_for_rejects_colour_before_size_and_a_missing_article():
     with pytest.raises(CheckFailed, match="'in the top left'"):
         checks.caption_for(lambda shape, colour, size, position, background:
                            f"a {size} {colour} {shape} in {position} on {background}")
+
+
+def test_a_dict_answer_is_compared_key_by_key_whatever_its_key_order(capsys):
+    def reference(x):
+        return {"mean": x.mean(), "max": x.max()}
+
+    def learner(x):
+        return {"max": x.max(), "mean": x.mean()}  # the same values, the keys in another order
+
+    cases = [{"x": torch.arange(6.0)}]
+    assert compare(learner, reference, cases, name="stats") is None
+    with pytest.raises(CheckFailed, match="max"):
+        compare(lambda x: {"max": x.min(), "mean": x.mean()}, reference, cases, name="stats")

@@ -296,7 +296,7 @@ def _leaves(value: Any, path: str):
         for i, v in enumerate(value):
             yield from _leaves(v, f"{path}[{i}]")
     elif isinstance(value, Mapping):
-        for key in value:
+        for key in sorted(value, key=repr):  # the same order for the learner's dict and ours
             yield from _leaves(value[key], f"{path}[{key!r}]")
     else:
         yield path, value
