@@ -456,6 +456,17 @@ SHAPES_CLASSIFIER = pretrained.register(pretrained.Recipe(
 
 # ---------------------------------------------------------------------------- shapes-vae
 
+def resumable(name: str, profile: str | None) -> dict:
+    """``train.fit`` arguments that make a long recipe resumable: a training checkpoint
+    ``NAME.run.safetensors`` in the cache every 250 steps, continued if it is there (an
+    interrupted ``minildm train NAME`` picks up where it stopped). None for the smoke profile."""
+    if profile == "smoke":
+        return {}
+    run = pretrained.cache_dir() / f"{name}.run.safetensors"
+    run.parent.mkdir(parents=True, exist_ok=True)
+    return {"checkpoint": run, "checkpoint_every": 250, "resume": True}
+
+
 SHAPES_VAE_CONFIG = {"in_channels": 3, "latent_channels": 4, "factor": 4, "base": 32, "mults": [1, 2, 2],
                      "num_res_blocks": 1}
 SHAPES_VAE_SIZES = {"full": {"steps": 4_000, "n_data": 20_000, "n_eval": 1_000},
@@ -499,13 +510,8 @@ def train_shapes_vae(profile: str | None, progress: bool):
     vae = autoencoders.AutoencoderKL(**SHAPES_VAE_CONFIG)
     features = pretrained.load("shapes-classifier", device="cpu", progress=False)
     trainer = perceptual.AutoencoderTraining(vae, perceptual=features, **SHAPES_VAE_LOSS)
-    # the longest recipe: an interrupted run resumes from its file in the cache
-    run = None if profile == "smoke" else pretrained.cache_dir() / "shapes-vae.run.safetensors"
-    if run is not None:
-        run.parent.mkdir(parents=True, exist_ok=True)
     result = train.fit(trainer, lambda net, x, g: net.loss(x, g), images, steps=sizes["steps"], device="cpu",
-                       progress=progress, checkpoint=run, checkpoint_every=None if run is None else 250,
-                       resume=run is not None, **SHAPES_VAE_TRAIN)
+                       progress=progress, **resumable("shapes-vae", profile), **SHAPES_VAE_TRAIN)
     vae.eval()
     vae.scale_factor.fill_(autoencoders.latent_scale_factor(vae, images[:5_000]))
     scores = evaluate_shapes_vae(vae, profile)
@@ -642,13 +648,8 @@ def train_shapes_ldm(profile: str | None, progress: bool):
         return ldm.loss(net, z0, context, empty, schedule, caption_dropout=config["caption_dropout"],
                         generator=generator)
 
-    # a long recipe: an interrupted run resumes from its file in the cache
-    run = None if profile == "smoke" else pretrained.cache_dir() / "shapes-ldm.run.safetensors"
-    if run is not None:
-        run.parent.mkdir(parents=True, exist_ok=True)
     result = train.fit(model, loss_fn, (z0, input_ids, attention_mask), steps=sizes["steps"], device="cpu",
-                       progress=progress, checkpoint=run, checkpoint_every=None if run is None else 250,
-                       resume=run is not None, **SHAPES_LDM_TRAIN)
+                       progress=progress, **resumable("shapes-ldm", profile), **SHAPES_LDM_TRAIN)
     return result.ema, final_metrics(evaluate_shapes_ldm, result.ema, result, profile), result.step
 
 

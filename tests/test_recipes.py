@@ -100,3 +100,12 @@ def test_loading_refuses_a_shipped_file_whose_sha256_the_manifest_does_not_list(
     monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
     with pytest.raises(checkpoint.CheckpointError, match="sha256"):
         pretrained.load("toy2d-ddpm", device="cpu", train_if_missing=False)
+
+
+def test_long_recipes_resume_from_a_training_checkpoint_in_the_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+    assert recipes.resumable("shapes-ldm", "smoke") == {}
+    args = recipes.resumable("shapes-ldm", None)
+    assert args == {"checkpoint": tmp_path / "cache" / "shapes-ldm.run.safetensors", "checkpoint_every": 250,
+                    "resume": True}
+    assert args["checkpoint"].parent.is_dir()
