@@ -30,7 +30,6 @@ def _sample(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.steps < 1 or args.scale < 1:
         raise SystemExit("minildm sample: --n, --steps and --scale must be positive")
-    torch.set_grad_enabled(False)
     try:
         unet, vae, clip, schedule = recipes.shapes_ldm_parts("cpu")
     except FileNotFoundError as missing:

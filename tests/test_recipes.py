@@ -13,13 +13,6 @@ from minildm import checkpoint, data, metrics, pretrained, recipes, samplers
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.fixture
-def repo_data(tmp_path, monkeypatch):
-    """Read the repository's data/ folder; never fall back to a cached or freshly trained model."""
-    monkeypatch.setenv(pretrained.DATA_ENV, str(REPO_DATA))
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
-
-
 @pytest.mark.parametrize("name", pretrained.names())
 def test_every_recipe_builds_its_network_from_its_json_config(name):
     recipe = pretrained.REGISTRY[name]

@@ -15,13 +15,6 @@ from minildm import checkpoint, data, pretrained, recipes, unet
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.fixture
-def repo_data(tmp_path, monkeypatch):
-    """Read the repository's data/ folder; never fall back to a cached or freshly trained model."""
-    monkeypatch.setenv(pretrained.DATA_ENV, str(REPO_DATA))
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
-
-
 @pytest.fixture(scope="module")
 def classifier():
     """An independent judge: logistic regression on the real 16x16 train-split pixels."""

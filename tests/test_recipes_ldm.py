@@ -1,23 +1,11 @@
 """shapes-ldm: the smoke run of its recipe, the shipped model's prompt adherence, and `minildm sample`."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from minildm import cli, data, judge, ldm, pretrained, recipes
-
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-
-
-@pytest.fixture
-def repo_data(tmp_path, monkeypatch):
-    """Read the repository's data/ folder; never fall back to a cached or freshly trained model."""
-    monkeypatch.setenv(pretrained.DATA_ENV, str(REPO_DATA))
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
-
+from minildm import cli, data, judge, ldm, recipes
 
 def test_one_object_prompts_cover_the_grammar_and_the_held_out_pairs():
     prompts = recipes.one_object_prompts()
@@ -64,3 +52,8 @@ def image_to_tensor(pixels):
 def test_minildm_sample_refuses_nonsense_counts(repo_data, tmp_path):
     with pytest.raises(SystemExit, match="must be positive"):
         cli.main(["sample", "a red circle", "--out", str(tmp_path / "x.png"), "--n", "0"])
+
+
+def test_minildm_sample_leaves_autograd_on(repo_data, tmp_path):
+    cli.main(["sample", "a red circle", "--out", str(tmp_path / "x.png"), "--steps", "2"])
+    assert torch.is_grad_enabled()

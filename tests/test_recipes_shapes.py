@@ -12,13 +12,6 @@ from minildm import checkpoint, data, pretrained, recipes, unet
 REPO_DATA = Path(__file__).resolve().parents[1] / "data"
 
 
-@pytest.fixture
-def repo_data(tmp_path, monkeypatch):
-    """Read the repository's data/ folder; never fall back to a cached or freshly trained model."""
-    monkeypatch.setenv(pretrained.DATA_ENV, str(REPO_DATA))
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
-
-
 def test_each_shape_colour_pair_has_its_own_class_and_back():
     names = recipes.shapes_class_names()
     assert len(names) == recipes.SHAPES_DDPM_CONFIG["num_classes"] == len(data.SHAPES) * len(data.COLOURS) == 15

@@ -1,14 +1,9 @@
 """shapes-vae: the smoke run of its recipe, and the shipped autoencoder's quality on new images."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from minildm import autoencoders, judge, perceptual, pretrained, recipes
-
-REPO_DATA = Path(__file__).resolve().parents[1] / "data"
-
 
 def test_the_smoke_run_stores_the_latent_scale_factor_it_measured():
     model, scores, steps = recipes.train_shapes_vae("smoke", False)
@@ -22,9 +17,7 @@ def test_the_smoke_run_stores_the_latent_scale_factor_it_measured():
 
 
 @pytest.fixture
-def shipped_vae(tmp_path, monkeypatch):
-    monkeypatch.setenv(pretrained.DATA_ENV, str(REPO_DATA))
-    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "cache"))
+def shipped_vae(repo_data):
     return pretrained.load("shapes-vae", device="cpu", train_if_missing=False, progress=False)
 
 
