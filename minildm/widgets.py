@@ -18,6 +18,9 @@ classifier: **agreement** (the fraction it labels as the class asked for) rises 
 **diversity** (the mean distance between the classifier features of two samples of one class)
 falls. ``guidance_figure`` draws several scales side by side.
 
+denoise_explorer (lesson 12) lives in ``minildm.denoise_explorer`` (it needs the LDM parts) and is
+re-exported here lazily, so ``widgets.denoise_explorer`` works without a circular import.
+
 Nothing else in the package imports this module.
 """
 
@@ -563,3 +566,14 @@ def guidance_explorer(model, classifier: Classifier, *, config: Mapping = _recip
     ``guidance_figure`` draws the same picture for several scales statically."""
     return GuidanceExplorer(model, classifier, config=config, classes=classes, scale=scale, max_scale=max_scale,
                             n_per_class=n_per_class, steps=steps, seed=seed)
+
+
+_DENOISE_EXPLORER = ("DenoiseExplorer", "denoise_explorer", "denoise_figure", "denoise_trajectory")
+
+
+def __getattr__(name: str):
+    # PEP 562: minildm.denoise_explorer imports this module, so it is re-exported on first use
+    if name in _DENOISE_EXPLORER:
+        from . import denoise_explorer
+        return getattr(denoise_explorer, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -18,3 +18,4 @@ from .lesson08 import *  # noqa: F403
 from .lesson09 import *  # noqa: F403
 from .lesson10 import *  # noqa: F403
 from .lesson11 import *  # noqa: F403
+from .lesson12 import *  # noqa: F403
