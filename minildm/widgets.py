@@ -18,8 +18,9 @@ classifier: **agreement** (the fraction it labels as the class asked for) rises 
 **diversity** (the mean distance between the classifier features of two samples of one class)
 falls. ``guidance_figure`` draws several scales side by side.
 
-denoise_explorer (lesson 12) lives in ``minildm.denoise_explorer`` (it needs the LDM parts) and is
-re-exported here lazily, so ``widgets.denoise_explorer`` works without a circular import.
+denoise_explorer (lesson 12), lora_explorer (lesson 13) and control_explorer (lesson 14) live in
+modules of those names (they need the LDM's parts, and import this module) and are re-exported here
+lazily, so ``widgets.denoise_explorer`` works without a circular import.
 
 Nothing else in the package imports this module.
 """
@@ -27,6 +28,7 @@ Nothing else in the package imports this module.
 from __future__ import annotations
 
 import base64
+import importlib
 import io
 import math
 import numbers
@@ -568,12 +570,18 @@ def guidance_explorer(model, classifier: Classifier, *, config: Mapping = _recip
                             n_per_class=n_per_class, steps=steps, seed=seed)
 
 
-_DENOISE_EXPLORER = ("DenoiseExplorer", "denoise_explorer", "denoise_figure", "denoise_trajectory")
+# explorers that need the LDM's parts live in modules of their own (which import this one) and
+# are re-exported here lazily, on first use (PEP 562): name -> module
+_EXPLORER_MODULES = {
+    **dict.fromkeys(("DenoiseExplorer", "denoise_explorer", "denoise_figure", "denoise_trajectory"),
+                    "denoise_explorer"),
+    **dict.fromkeys(("LoRAExplorer", "lora_explorer", "lora_figure"), "lora_explorer"),
+    **dict.fromkeys(("ControlExplorer", "control_explorer", "control_figure"), "control_explorer"),
+}
 
 
 def __getattr__(name: str):
-    # PEP 562: minildm.denoise_explorer imports this module, so it is re-exported on first use
-    if name in _DENOISE_EXPLORER:
-        from . import denoise_explorer
-        return getattr(denoise_explorer, name)
+    if name in _EXPLORER_MODULES:
+        module = importlib.import_module(f"minildm.{_EXPLORER_MODULES[name]}")
+        return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
