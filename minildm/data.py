@@ -436,6 +436,50 @@ def _render_all(attributes: list[dict], size: int, seed: int | None) -> ShapesBa
     return _draw(attributes, size, _centres(attributes, jitter))
 
 
+def scribble(masks: Tensor, seed: int = 0, *, wobble: float = 1.0, gap: float = 0.25) -> Tensor:
+    """A hand-drawn-style sketch of each mask's outline: a wobbly, broken line, as a user might draw it.
+
+    masks (N, 1, H, W) in {0, 1} (``ShapesBatch.masks``) -> (N, 1, H, W) in {-1, 1}, 1 on the stroke,
+    like ``ShapesBatch.edges``. The outline (the edge map) is
+
+    1. wobbled: read at p + d(p), with d a smooth random displacement of ``wobble`` pixels' standard
+       deviation (a 4 x 4 grid of Gaussian offsets per image, bilinearly upsampled), so the line
+       drifts and bends instead of tracing the shape exactly;
+    2. broken: a smooth random field (a 6 x 6 grid, upsampled) cuts the stroke where it is lowest,
+       about ``gap`` of the stroke's pixels per image.
+
+    Deterministic by ``seed``. ControlNets trained on exact edge maps meet such sketches at test
+    time: lesson 14 uses them to probe robustness.
+    """
+    if not isinstance(masks, Tensor) or masks.dim() != 4 or masks.shape[1] != 1:
+        got = tuple(masks.shape) if isinstance(masks, Tensor) else type(masks).__name__
+        raise ValueError(f"masks must be a (N, 1, H, W) tensor of 0s and 1s, got {got}")
+    seed = _check_int("seed", seed, 0)
+    if not wobble >= 0:
+        raise ValueError(f"wobble must be a non-negative number of pixels, got {wobble!r}")
+    if not 0 <= gap < 1:
+        raise ValueError(f"gap must be the fraction of the stroke to cut, in [0, 1), got {gap!r}")
+    n, _, h, w = masks.shape
+    generator = torch.Generator().manual_seed(seed)
+    outline = _outline(masks).float()  # (N, 1, H, W)
+    # d(p): a smooth displacement field in pixels, (N, 2, H, W)
+    d = F.interpolate(torch.randn(n, 2, 4, 4, generator=generator) * wobble, size=(h, w), mode="bilinear",
+                      align_corners=True)
+    # grid_sample reads the outline at p + d(p); coordinates normalised to [-1, 1] (pixel centres)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32),
+                            indexing="ij")
+    grid = torch.stack([(xs + d[:, 0]) * 2 / (w - 1) - 1, (ys + d[:, 1]) * 2 / (h - 1) - 1], dim=-1)  # (N, H, W, 2)
+    stroke = F.grid_sample(outline, grid, mode="nearest", padding_mode="zeros", align_corners=True) > 0.5
+    # the gaps: where a smooth field is below its gap-quantile along the stroke
+    field = F.interpolate(torch.randn(n, 1, 6, 6, generator=generator), size=(h, w), mode="bilinear",
+                          align_corners=True)  # (N, 1, H, W)
+    for i in range(n):
+        on = field[i][stroke[i]]
+        if gap > 0 and on.numel():
+            stroke[i] &= field[i] > torch.quantile(on, gap)
+    return torch.where(stroke, 1.0, -1.0)
+
+
 # ----------------------------------------------------------------------------------------
 # digits
 # ----------------------------------------------------------------------------------------

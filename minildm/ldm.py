@@ -22,6 +22,12 @@ Two more uses of the same model family (both in the LDM paper):
 - conditioning by concatenation: a U-Net with extra input channels sees an image-shaped
   condition next to z_t (``concat``), e.g. a low-resolution image for super-resolution; the
   shapes' 8x8 low-res copy has exactly the latent's 8x8 size.
+
+And spatial control of the finished model (Zhang et al. 2023, lesson 14): ``sample(...,
+control=controlnet, condition=edges)`` wraps the locked U-Net in a ``ControlledUNet``, so the
+condition image rides in the model kwargs. With classifier-free guidance the control steers
+both the conditional and the unconditional call, as diffusers' StableDiffusionControlNetPipeline
+does; in guess mode only the conditional one (the unconditional call is the plain U-Net).
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from torch import Tensor, nn
 
 from minildm import diffusion, samplers, text
 from minildm.autoencoders import Autoencoder
+from minildm.controlnet import ControlledUNet, ControlNet, MultiControlNet
 from minildm.schedules import NoiseSchedule
 
 __all__ = ["EMPTY_PROMPT", "text_context", "encode", "decode", "denoiser", "loss", "sample", "latent_mask",
@@ -68,19 +75,23 @@ def decode(vae: Autoencoder, z: Tensor) -> Tensor:
 
 
 def denoiser(unet: nn.Module):
-    """eps_theta(z_t, t, context, concat=None): the U-Net, with an image-shaped condition
-    concatenated to z_t on the channel axis when ``concat`` is given."""
-    def eps(z_t: Tensor, t: Tensor, context: Tensor, concat: Tensor | None = None) -> Tensor:
+    """eps_theta(z_t, t, context, concat=None, **control): the U-Net, with an image-shaped condition
+    concatenated to z_t on the channel axis when ``concat`` is given; ``control`` (condition,
+    scale, guess_mode) goes on to a ``ControlledUNet``."""
+    def eps(z_t: Tensor, t: Tensor, context: Tensor, concat: Tensor | None = None, **control) -> Tensor:
         x = z_t if concat is None else torch.cat([z_t, concat.to(z_t)], dim=1)  # (B, c [+ c'], h, w)
-        return unet(x, t, context=context)
+        return unet(x, t, context=context, **control)
     return eps
 
 
 def loss(unet: nn.Module, z0: Tensor, context: Tensor, empty_context: Tensor, schedule: NoiseSchedule, *,
-         caption_dropout: float, generator: torch.Generator, concat: Tensor | None = None) -> Tensor:
+         caption_dropout: float, generator: torch.Generator, concat: Tensor | None = None,
+         condition: Tensor | None = None) -> Tensor:
     """L_simple on scaled latents ``z0`` (B, c, h, w) with text ``context`` (B, L, D); each
     caption is replaced by the empty prompt's features ``empty_context`` (1, L, D) with
-    probability ``caption_dropout``, so the same network also learns eps(z_t, t, "")."""
+    probability ``caption_dropout``, so the same network also learns eps(z_t, t, "").
+    ``condition`` (B, channels, H, W) is a ControlNet's image: ``unet`` is then a ``ControlledUNet``
+    (ControlNet training: the paper drops the caption half the time, caption_dropout 0.5)."""
     if not 0 <= caption_dropout < 1:
         raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}")
     if context.shape[0] != z0.shape[0] or empty_context.shape[1:] != context.shape[1:]:
@@ -88,8 +99,9 @@ def loss(unet: nn.Module, z0: Tensor, context: Tensor, empty_context: Tensor, sc
                          f"{tuple(context.shape)} and {tuple(empty_context.shape)}")
     dropped = (torch.rand(len(z0), generator=generator) < caption_dropout).to(z0.device)  # (B,)
     context = torch.where(dropped[:, None, None], empty_context.to(context), context)  # (B, L, D)
+    control = {} if condition is None else {"condition": condition}
     return diffusion.loss_simple(denoiser(unet), z0, schedule, generator=generator,
-                                 model_kwargs={"context": context, "concat": concat})
+                                 model_kwargs={"context": context, "concat": concat, **control})
 
 
 def _conditions(clip: text.MiniCLIP, prompts: Sequence[str], concat: Tensor | None) -> tuple[dict, dict]:
@@ -101,15 +113,56 @@ def _conditions(clip: text.MiniCLIP, prompts: Sequence[str], concat: Tensor | No
     return cond, uncond
 
 
+def _with_control(unet: nn.Module, control, condition, control_scale, guess_mode: bool,
+                  cond: dict, uncond: dict, batch: int) -> nn.Module:
+    """The U-Net to sample, and the control kwargs added to ``cond`` / ``uncond`` in place.
+
+    diffusers' StableDiffusionControlNetPipeline: the control residuals join both CFG branches,
+    except in guess mode, where only the conditional branch is controlled.
+    """
+    if control is None:
+        if condition is not None:
+            raise ValueError("condition was given without control: pass control=a ControlNet or MultiControlNet")
+        return unet
+    if not isinstance(control, (ControlNet, MultiControlNet)):
+        raise TypeError(f"control must be a ControlNet or a MultiControlNet, got {type(control).__name__}")
+    conditions = condition if isinstance(control, MultiControlNet) else [condition]
+    if (not isinstance(conditions, Sequence) or not conditions
+            or not all(isinstance(c, Tensor) and c.dim() == 4 and len(c) == batch for c in conditions)):
+        what = "a list of condition tensors, one per ControlNet," if isinstance(control, MultiControlNet) else \
+            "a condition tensor"
+        raise ValueError(f"condition must be {what} each (B={batch}, channels, H, W), one image per prompt; "
+                         f"got {condition!r:.80}")
+    device = _device(unet)
+    moved = [c.to(device) for c in conditions]
+    kwargs = {"condition": moved if isinstance(control, MultiControlNet) else moved[0],
+              "scale": list(control_scale) if isinstance(control_scale, Sequence) else control_scale,
+              "guess_mode": guess_mode}
+    cond.update(kwargs)
+    if not guess_mode:
+        uncond.update(kwargs)
+    return ControlledUNet(unet, control)
+
+
 @torch.no_grad()
 def sample(unet: nn.Module, vae: Autoencoder, clip: text.MiniCLIP, schedule: NoiseSchedule, prompts: Sequence[str],
            *, steps: int = 50, guidance_scale: float = 1.0, eta: float = 0.0, seed: int = 0,
-           concat: Tensor | None = None, size: int = 32, callback=None, x_T: Tensor | None = None) -> Tensor:
+           concat: Tensor | None = None, size: int = 32, callback=None, x_T: Tensor | None = None,
+           control: ControlNet | MultiControlNet | None = None, condition: Tensor | Sequence[Tensor] | None = None,
+           control_scale: float | Sequence[float] = 1.0, guess_mode: bool = False) -> Tensor:
     """Text-to-image: DDIM in latent space from z_T ~ N(0, I), then one decode. Returns images
     (len(prompts), 3, size, size) in [-1, 1] on the CPU. guidance_scale 1 is the conditional
     model alone; ``callback(i, t, z_t, z0_hat)`` sees the latent trajectory (lesson 12 decodes
-    it). The initial noise comes from a CPU generator seeded ``seed``: the same on any device."""
+    it). The initial noise comes from a CPU generator seeded ``seed``: the same on any device.
+
+    With ``control`` (a ControlNet, or a MultiControlNet with a list of conditions and scales)
+    each prompt's ``condition`` image (B, channels, size, size) steers the locked U-Net, its
+    residuals times ``control_scale``; at control_scale 0 the images equal those without control
+    exactly. ``guess_mode`` weights the residuals by logspace(-1, 0, n) and controls only the
+    conditional branch of guidance (meant for the empty prompt, with guidance_scale 3-5).
+    """
     cond, uncond = _conditions(clip, prompts, concat)
+    unet = _with_control(unet, control, condition, control_scale, guess_mode, cond, uncond, len(prompts))
     f = vae.factor
     shape = (len(prompts), vae.latent_channels, size // f, size // f)
     guided = {} if guidance_scale == 1 else {"guidance_scale": guidance_scale, "uncond_kwargs": uncond}

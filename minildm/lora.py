@@ -12,6 +12,10 @@ the size of the update roughly independent of r, so alpha need not be retuned wh
 Because B A is just a matrix, it can be added into W after training ("merging"): the adapted
 layer then costs nothing extra at inference, and subtracting it again gives W back.
 
+A convolution (out, in, k, k) gets the same treatment as peft's ``Conv2d`` LoRA: A is a k x k
+convolution from in to r channels, B a 1 x 1 convolution from r to out, so B A is again a
+convolution of rank r and delta W[o, i] = (alpha / r) sum_j B[o, j] A[j, i] (``LoRAConv2d``).
+
 Names follow peft and diffusers (``lora_A``, ``lora_B``, ``base_layer``, ``scaling``), so an
 adapter's tensors are called ``…attn1.to_q.lora_A.weight`` exactly as in the state dict peft's
 ``get_peft_model_state_dict`` returns (peft's own modules hold one ``lora_A`` per adapter name,
@@ -28,7 +32,7 @@ from torch import Tensor, nn
 
 from minildm import checkpoint
 
-__all__ = ["LoRALinear", "inject", "merge", "unmerge", "set_scale", "lora_state_dict", "save", "load",
+__all__ = ["LoRALinear", "LoRAConv2d", "inject", "merge", "unmerge", "set_scale", "lora_state_dict", "save", "load",
            "remove", "count_parameters", "trainable_fraction"]
 
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
@@ -52,17 +56,16 @@ class LoRALinear(nn.Module):
     low-rank path only, as in peft.
     """
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    base_type = nn.Linear
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
-        if not isinstance(base, nn.Linear):
-            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+        if not isinstance(base, self.base_type):
+            raise TypeError(f"base must be an nn.{self.base_type.__name__}, got {type(base).__name__}")
         _check_hyperparameters(r, alpha, dropout)
         self.base_layer = base.requires_grad_(False)
-        self.in_features, self.out_features = base.in_features, base.out_features  # code that reads them still works
         self.r, self.alpha = r, float(alpha)
-        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
-        self.lora_A = nn.Linear(base.in_features, r, bias=False, **factory)   # weight A: (r, in)
-        self.lora_B = nn.Linear(r, base.out_features, bias=False, **factory)  # weight B: (out, r)
+        self.lora_A, self.lora_B = self._factors(base, r)
         # A ~ U(+-sqrt(6 / ((1 + a^2) in))) with a = sqrt(5): nn.Linear's own default, as peft and Hu et al.
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         # B = 0, so B A = 0 and the wrapped layer starts out equal to the base layer
@@ -70,6 +73,13 @@ class LoRALinear(nn.Module):
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.merged = False
         self.set_scale(1.0)
+
+    def _factors(self, base: nn.Linear, r: int) -> tuple[nn.Linear, nn.Linear]:
+        """(A: in -> r, B: r -> out), bias-free, on the base layer's device and dtype."""
+        self.in_features, self.out_features = base.in_features, base.out_features  # code that reads them still works
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        return (nn.Linear(base.in_features, r, bias=False, **factory),   # weight A: (r, in)
+                nn.Linear(r, base.out_features, bias=False, **factory))  # weight B: (out, r)
 
     @property
     def weight(self) -> Tensor:
@@ -123,6 +133,32 @@ class LoRALinear(nn.Module):
         return f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:g}, merged={self.merged}"
 
 
+class LoRAConv2d(LoRALinear):
+    """A frozen ``nn.Conv2d`` plus a trainable rank-r update, as peft's Conv2d LoRA.
+
+    (B, in, H, W) -> (B, out, H', W'). ``lora_A`` is a convolution like the base one (same kernel,
+    stride and padding) from in to r channels, ``lora_B`` a 1 x 1 convolution from r to out, so
+    their weights are A (r, in, k, k) and B (out, r, 1, 1), and h = conv(x, W) + b + (alpha / r)
+    B(A(x)). Everything else (scale, merge, unmerge, saving) is ``LoRALinear``'s.
+    """
+
+    base_type = nn.Conv2d
+
+    def _factors(self, base: nn.Conv2d, r: int) -> tuple[nn.Conv2d, nn.Conv2d]:
+        if base.groups != 1 or base.dilation != (1, 1) or base.padding_mode != "zeros":
+            raise ValueError(f"LoRAConv2d wraps plain convolutions (groups 1, dilation 1, zero padding), got "
+                             f"groups={base.groups}, dilation={base.dilation}, padding_mode={base.padding_mode!r}")
+        self.in_channels, self.out_channels = base.in_channels, base.out_channels
+        factory = {"device": base.weight.device, "dtype": base.weight.dtype}
+        return (nn.Conv2d(base.in_channels, r, base.kernel_size, base.stride, base.padding, bias=False,
+                          **factory),  # weight A: (r, in, k, k)
+                nn.Conv2d(r, base.out_channels, 1, bias=False, **factory))  # weight B: (out, r, 1, 1)
+
+    def delta_weight(self) -> Tensor:
+        """The change LoRA makes to the kernel: delta W[o, i] = (alpha / r) sum_j B[o, j] A[j, i], (out, in, k, k)."""
+        return torch.einsum("oj,jikl->oikl", self.lora_B.weight[:, :, 0, 0], self.lora_A.weight) * self.scaling
+
+
 # --- a whole model ----------------------------------------------------------------------
 
 
@@ -151,9 +187,18 @@ def _replace(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(model.get_submodule(parent), child, new)
 
 
+WRAPPERS = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}  # the layer types inject wraps, and how
+
+
+def _wrapper(module: nn.Module) -> type[LoRALinear] | None:
+    """The LoRA layer class that wraps ``module``, or None if LoRA cannot wrap it."""
+    return next((wrapper for kind, wrapper in WRAPPERS.items() if isinstance(module, kind)), None)
+
+
 def inject(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 4, alpha: float = 4.0,
            dropout: float = 0.0) -> list[nn.Parameter]:
-    """Wrap every ``nn.Linear`` whose name ends with one of ``targets`` in a ``LoRALinear``.
+    """Wrap every ``nn.Linear`` (``nn.Conv2d``) whose name ends with one of ``targets`` in a
+    ``LoRALinear`` (``LoRAConv2d``).
 
     Freezes every other parameter of ``model`` and returns the LoRA parameters (A then B for
     each layer, in module order), ready for an optimizer. The default targets are the query,
@@ -168,21 +213,21 @@ def inject(model: nn.Module, targets=DEFAULT_TARGETS, r: int = 4, alpha: float =
     if _lora_layers(model):
         raise RuntimeError("model already has LoRA layers: call minildm.lora.remove(model) before injecting again")
     modules = dict(model.named_modules())
-    linears = [name for name, m in modules.items() if isinstance(m, nn.Linear)]
+    linears = [name for name, m in modules.items() if _wrapper(m) is not None]
     chosen = []
     for target in targets:
         found = [name for name in modules if _matches(name, target)]
         if not found:
-            raise ValueError(f"target {target!r} matches no module of the model; its Linear layers include "
+            raise ValueError(f"target {target!r} matches no module of the model; its Linear and Conv2d layers include "
                              f"{linears[:6]}{' ...' if len(linears) > 6 else ''}")
         for name in found:
-            if not isinstance(modules[name], nn.Linear):
+            if _wrapper(modules[name]) is None:
                 raise TypeError(f"target {target!r} matches {name!r}, a {type(modules[name]).__name__}; "
-                                f"LoRA wraps nn.Linear layers only")
+                                f"LoRA wraps nn.Linear and nn.Conv2d layers only")
         chosen += [name for name in found if name not in chosen]
     model.requires_grad_(False)
     for name in chosen:
-        _replace(model, name, LoRALinear(modules[name], r, alpha, dropout))
+        _replace(model, name, _wrapper(modules[name])(modules[name], r, alpha, dropout))
     return [p for _, layer in _lora_layers(model) for p in (layer.lora_A.weight, layer.lora_B.weight)]
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from minildm import checkpoint
 from minildm.config import device as default_device
@@ -44,6 +44,14 @@ class Recipe:
     returns ``(model, final metrics, optimizer steps)``; the model must be ``build(**config)``.
     evaluate(model, profile), if given, computes those final metrics for a trained model, so
     that a shipped file can be re-scored without retraining it (``evaluate`` below).
+
+    saved(model), if given, names the tensors a checkpoint file holds (by default the whole
+    ``state_dict``). An adapter uses it to ship only what it trained: its ``build(**config)``
+    loads the shipped base model and wraps it (e.g. ``lora.inject``), and ``saved`` is
+    ``lora.lora_state_dict``, so the file holds the LoRA tensors alone, under peft's names.
+    Loading builds the model from the file's config, checks that the file holds exactly the
+    tensors ``saved`` names for it (a ``CheckpointError`` otherwise) and copies them in; every
+    other weight is the base model's, as ``build`` made it.
     """
 
     name: str
@@ -53,6 +61,7 @@ class Recipe:
     train: Callable[[str | None, bool], tuple[nn.Module, dict, int]]
     recipe: str  # in words, for the manifest and the lessons: data, steps, batch size, lr, ...
     evaluate: Callable[[nn.Module, str | None], dict] | None = None
+    saved: Callable[[nn.Module], dict[str, Tensor]] | None = None
 
 
 REGISTRY: dict[str, Recipe] = {}
@@ -193,8 +202,9 @@ def _verify_sha256(name: str, path: Path) -> None:
 
 def _save_file(recipe: Recipe, path: Path, model: nn.Module, info: dict, half: bool) -> None:
     """Weights (fp16 if ``half``) + the config that rebuilds them, checked against ``build(**config)``."""
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    recipe.build(**recipe.config).load_state_dict(state)  # refuse a file its own config cannot rebuild
+    state = {k: v.detach().cpu() for k, v in _saved_tensors(recipe, model).items()}
+    # refuse a file its own config cannot rebuild
+    _load_tensors(recipe, recipe.build(**recipe.config), state, f"the trained {recipe.name}")
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         overflow = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
@@ -205,6 +215,26 @@ def _save_file(recipe: Recipe, path: Path, model: nn.Module, info: dict, half: b
 
 def _load_file(recipe: Recipe, path: Path) -> nn.Module:
     tensors, meta = checkpoint.load(path)
-    model = recipe.build(**meta["config"])
-    model.load_state_dict(tensors)  # copies fp16 into the model's float32 parameters
+    return _load_tensors(recipe, recipe.build(**meta["config"]), tensors, path)
+
+
+def _saved_tensors(recipe: Recipe, model: nn.Module) -> dict[str, Tensor]:
+    """The tensors a checkpoint of ``recipe`` holds: ``recipe.saved(model)``, else the whole state_dict."""
+    return model.state_dict() if recipe.saved is None else recipe.saved(model)
+
+
+def _load_tensors(recipe: Recipe, model: nn.Module, tensors: dict[str, Tensor], source) -> nn.Module:
+    """Copy ``tensors`` (fp16 or float32) into ``model``: all of its state_dict, or exactly the
+    tensors ``recipe.saved`` names for it (the rest of the model stays as built)."""
+    if recipe.saved is None:
+        model.load_state_dict(tensors)
+        return model
+    expected = _saved_tensors(recipe, model).keys()
+    if tensors.keys() != expected:
+        missing, unexpected = sorted(expected - tensors.keys()), sorted(tensors.keys() - expected)
+        raise checkpoint.CheckpointError(
+            f"{source} does not hold the tensors {recipe.name}'s saved() names for its config: missing "
+            f"{missing[:3]}{' ...' if len(missing) > 3 else ''} ({len(missing)}), unexpected "
+            f"{unexpected[:3]}{' ...' if len(unexpected) > 3 else ''} ({len(unexpected)})")
+    model.load_state_dict(tensors, strict=False)  # the keys are checked above; shapes are checked here
     return model

@@ -192,4 +192,4 @@ def test_every_listed_mistake_is_named_as_itself(lesson, name, reference, cases,
 
 def test_every_lesson_with_exercises_has_its_function_checks_covered():
     lessons = {c[0] for c in FUNCTION_CHECKS}
-    assert {"lesson00", "lesson01", "lesson02", "lesson03", "lesson04", "lesson05", "lesson06", "lesson07", "lesson08", "lesson09", "lesson10", "lesson11", "lesson12"} <= lessons, lessons
+    assert {"lesson00", "lesson01", "lesson02", "lesson03", "lesson04", "lesson05", "lesson06", "lesson07", "lesson08", "lesson09", "lesson10", "lesson11", "lesson12", "lesson13", "lesson14"} <= lessons, lessons

@@ -365,3 +365,88 @@ def test_injecting_twice_and_using_a_model_without_lora_are_refused():
         lora.LoRALinear(nn.Conv2d(3, 3, 1), r=2, alpha=2.0)
     with pytest.raises(ValueError, match="finite"):
         lora.set_scale(model, float("nan"))
+
+
+# --- convolutions (peft's Conv2d LoRA) --------------------------------------------------------
+
+
+class ConvNet(nn.Module):
+    """A 3x3 convolution with padding, a strided 3x3 one and a 1x1 one, as in a U-Net's ResBlocks."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.down = nn.Conv2d(8, 8, 3, stride=2, padding=1)
+        self.skip = nn.Conv2d(8, 5, 1)
+
+    def forward(self, x):  # (B, 3, H, W) -> (B, 5, H/2, W/2)
+        return self.skip(F.silu(self.down(F.silu(self.conv1(x)))))
+
+
+CONV_TARGETS = ["conv1", "down", "skip"]
+
+
+def peft_and_ours_conv(r=3, alpha=6.0):
+    base = ConvNet()
+    theirs = peft.inject_adapter_in_model(
+        peft.LoraConfig(r=r, lora_alpha=alpha, target_modules=CONV_TARGETS, init_lora_weights=False),
+        copy.deepcopy(base))
+    ours = copy.deepcopy(base)
+    lora.inject(ours, CONV_TARGETS, r=r, alpha=alpha)
+    with torch.no_grad():
+        for key, value in peft.get_peft_model_state_dict(theirs).items():
+            ours.get_parameter(key).copy_(value)
+    return base, theirs, ours
+
+
+def test_conv_lora_matches_peft_forward_delta_weight_and_merge():
+    base, theirs, ours = peft_and_ours_conv()
+    assert all(isinstance(ours.get_submodule(n), lora.LoRAConv2d) for n in CONV_TARGETS)
+    assert set(lora.lora_state_dict(ours)) == set(peft.get_peft_model_state_dict(theirs))
+    x = torch.randn(2, 3, 8, 8)
+    assert torch.allclose(ours(x), theirs(x), atol=1e-5)
+    for name in CONV_TARGETS:
+        ours_layer, their_layer = ours.get_submodule(name), theirs.get_submodule(name)
+        assert torch.allclose(ours_layer.delta_weight(), their_layer.get_delta_weight("default"), atol=1e-6)
+    adapted = ours(x)
+    lora.merge(ours)
+    for layer in theirs.modules():
+        if isinstance(layer, peft.tuners.lora.LoraLayer):
+            layer.merge()
+    for name in CONV_TARGETS:
+        assert torch.allclose(ours.get_submodule(name).base_layer.weight,
+                              theirs.get_submodule(name).base_layer.weight, atol=1e-6)
+    assert torch.allclose(ours(x), adapted, atol=1e-5)
+    lora.unmerge(ours)
+    for name in CONV_TARGETS:
+        assert torch.allclose(ours.get_submodule(name).base_layer.weight, base.get_submodule(name).weight, atol=1e-6)
+
+
+def test_conv_delta_weight_is_the_kernel_of_b_after_a():
+    # B (1x1) after A (k x k) is one k x k convolution: its kernel, found by convolving a unit impulse
+    layer = lora.LoRAConv2d(nn.Conv2d(4, 6, 3, padding=1), r=2, alpha=3.0)
+    nn.init.normal_(layer.lora_B.weight)
+    impulses = torch.zeros(4, 4, 3, 3)
+    impulses[range(4), range(4), 1, 1] = 1.0  # input channel i: a single 1 at the centre
+    with torch.no_grad():
+        response = layer.lora_B(layer.lora_A(impulses)) * 1.5  # (in, out, 3, 3): the kernel, flipped
+    assert torch.allclose(layer.delta_weight(), response.permute(1, 0, 2, 3).flip(-1, -2), atol=1e-6)
+
+
+def test_conv_lora_starts_equal_to_its_base_and_counts_r_times_in_k_k_plus_out():
+    conv = nn.Conv2d(4, 6, 3, padding=1)
+    layer = lora.LoRAConv2d(conv, r=2, alpha=2.0)
+    x = torch.randn(2, 4, 5, 5)
+    assert torch.equal(layer(x), conv(x))
+    assert (layer.in_channels, layer.out_channels) == (4, 6)
+    trainable, total = lora.count_parameters(layer)
+    assert trainable == 2 * 4 * 3 * 3 + 6 * 2 and total == trainable + 6 * 4 * 3 * 3 + 6
+
+
+def test_conv_lora_refuses_grouped_or_dilated_convolutions():
+    with pytest.raises(ValueError, match="groups=2"):
+        lora.LoRAConv2d(nn.Conv2d(4, 4, 3, groups=2), r=2, alpha=2.0)
+    with pytest.raises(ValueError, match="dilation"):
+        lora.LoRAConv2d(nn.Conv2d(4, 4, 3, dilation=2), r=2, alpha=2.0)
+    with pytest.raises(TypeError, match="nn.Conv2d"):
+        lora.LoRAConv2d(nn.Linear(4, 4), r=2, alpha=2.0)

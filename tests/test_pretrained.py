@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -195,3 +196,83 @@ def test_default_folders(monkeypatch):
     assert pretrained.data_dir() == Path(minildm.__file__).resolve().parents[1] / "data"
     assert (pretrained.data_dir() / "checkpoints" / "manifest.json").exists()
     assert pretrained.cache_dir() == Path.home() / ".cache" / "minildm"
+
+
+# --- adapters: a recipe whose file holds only the tensors it trained (Recipe.saved) ------------
+
+ADAPTER = "tiny-adapter"
+
+
+def adapter_recipe(calls):
+    """LoRA (r = 2) on the to_q of a fixed 'pretrained' base; the file holds the LoRA tensors only."""
+    from minildm import lora
+
+    def build(*, r, alpha):
+        torch.manual_seed(123)  # the base: the same weights every time it is built, as a shipped base is
+        model = nn.Sequential(OrderedDict(to_q=nn.Linear(4, 4), head=nn.Linear(4, 1)))
+        lora.inject(model, targets=("to_q",), r=r, alpha=alpha)
+        return model
+
+    def train_adapter(profile, progress):
+        calls.append(profile)
+        model = build(r=2, alpha=2)
+        x = torch.randn(32, 4, generator=torch.Generator().manual_seed(0))
+        result = train.fit(model, lambda m, xb, g: (m(xb) - 1).pow(2).mean(), x, steps=5, batch_size=8, lr=0.1,
+                           device="cpu", progress=progress)
+        return model, {"loss": result.losses[-1]}, result.step
+
+    return pretrained.Recipe(name=ADAPTER, description="LoRA on a tiny base", build=build,
+                             config={"r": 2, "alpha": 2}, train=train_adapter, recipe="5 AdamW steps",
+                             saved=lora.lora_state_dict)
+
+
+@pytest.fixture
+def adapter_env(env):
+    calls = []
+    pretrained.register(adapter_recipe(calls))
+    return calls
+
+
+def test_an_adapter_file_holds_only_the_tensors_saved_names(adapter_env):
+    pretrained.train(ADAPTER)
+    tensors, meta = checkpoint.load(pretrained.shipped_path(ADAPTER))
+    assert set(tensors) == {"to_q.lora_A.weight", "to_q.lora_B.weight"}  # peft's names, no base weights
+    assert tuple(tensors["to_q.lora_A.weight"].shape) == (2, 4) and tuple(tensors["to_q.lora_B.weight"].shape) == (4, 2)
+    assert meta["config"] == {"r": 2, "alpha": 2}
+
+
+def test_loading_an_adapter_gives_its_trained_tensors_on_the_base_as_built(adapter_env, monkeypatch):
+    trained = {}
+    recipe_train = pretrained.REGISTRY[ADAPTER].train
+
+    def keep(profile, progress):
+        model, metrics, steps = recipe_train(profile, progress)
+        trained.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model, metrics, steps
+
+    monkeypatch.setattr(pretrained.REGISTRY[ADAPTER], "train", keep)
+    pretrained.train(ADAPTER)
+    model = pretrained.load(ADAPTER, device="cpu")
+    assert adapter_env == [None]  # loaded, not retrained
+    loaded = model.state_dict()
+    assert trained["to_q.lora_B.weight"].abs().sum() > 0  # training moved B away from its zero start
+    for key in ("to_q.lora_A.weight", "to_q.lora_B.weight"):
+        assert torch.equal(loaded[key], trained[key].half().float())
+    for key in ("to_q.base_layer.weight", "to_q.base_layer.bias", "head.weight", "head.bias"):
+        assert torch.equal(loaded[key], trained[key])  # the frozen base: exactly as built, never stored
+
+
+@pytest.mark.parametrize("change", ["missing", "unexpected"])
+def test_an_adapter_file_with_other_tensors_is_refused_and_named(adapter_env, change):
+    model = adapter_recipe([]).build(r=2, alpha=2)
+    tensors = {k: v.clone() for k, v in model.state_dict().items() if "lora_" in k}
+    if change == "missing":
+        del tensors["to_q.lora_B.weight"]
+    else:
+        tensors["head.weight"] = model.head.weight.detach().clone()
+    cached = pretrained.cached_path(ADAPTER)
+    cached.parent.mkdir(parents=True)
+    checkpoint.save(cached, tensors, {"name": ADAPTER, "config": {"r": 2, "alpha": 2}})
+    expected = r"missing \['to_q.lora_B.weight'\]" if change == "missing" else r"unexpected \['head.weight'\]"
+    with pytest.raises(checkpoint.CheckpointError, match=rf"{cached}.*{expected}"):
+        pretrained.load(ADAPTER, device="cpu", train_if_missing=False)

@@ -19,3 +19,5 @@ from .lesson09 import *  # noqa: F403
 from .lesson10 import *  # noqa: F403
 from .lesson11 import *  # noqa: F403
 from .lesson12 import *  # noqa: F403
+from .lesson13 import *  # noqa: F403
+from .lesson14 import *  # noqa: F403

@@ -26,7 +26,6 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .. import ldm as _ldm
 from .core import Mistake, compare
 
 __all__ = ["latent_scale_factor", "drop_captions", "inpaint_blend", "latent_mask"]
@@ -166,7 +165,8 @@ def _mask_case(generator: torch.Generator) -> dict:
 
 
 def _latent_mask(mask, factor):
-    return _ldm.latent_mask(mask, factor)
+    from minildm import ldm  # here, not at import: ldm imports transformers, which costs seconds
+    return ldm.latent_mask(mask, factor)
 
 
 def latent_mask(learner) -> None:
