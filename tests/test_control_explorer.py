@@ -1,21 +1,19 @@
 """The control explorer: it samples once per setting, redraws on every move, shows real controlled samples.
 
-A tiny untrained text-to-image LDM (the parts of tests/test_ldm.py) and a ControlNet copied from its
+A tiny untrained text-to-image LDM (tests/conftest.py: tiny_ldm) and a ControlNet copied from its
 U-Net with every weight nudged (so its residuals are not zero) stand in for shapes-ldm and
 shapes-controlnet-edges. The pictures are checked against ``ldm.sample`` called here directly with
 the condition built by hand, and sampling is counted by wrapping ``ldm.sample``.
 """
 
-import base64
-import io
 import re
 
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
 
-from minildm import autoencoders, data, ldm, recipes, schedules, text, unet, widgets
+from explorer_png import as_drawn, count_samples, pixels, shown_png
+from minildm import data, ldm, recipes, widgets
 from minildm import control_explorer as explorer_module
 from minildm.controlnet import ControlNet, MultiControlNet
 
@@ -24,20 +22,12 @@ FAST = {"n": 2, "steps": 3, "guidance_scale": 2.0, "seed": 1}
 
 
 @pytest.fixture(scope="module")
-def parts():
-    torch.manual_seed(0)
-    vae = autoencoders.AutoencoderKL(latent_channels=4, factor=4, base=8).eval()
-    vae.scale_factor.fill_(0.5)
-    clip = text.MiniCLIP(embed_dim=16, text_width=16, text_layers=1, vision_width=16, vision_layers=1).eval()
-    net = unet.UNet(in_channels=4, base=8, mults=(1, 2), attn_levels=(1,), num_res_blocks=1, context_dim=16).eval()
-    for m in net.modules():  # wake the zero-initialised proj_out, so the text reaches the output
-        if hasattr(m, "proj_out"):
-            torch.nn.init.normal_(m.proj_out.weight, std=0.3)
+def parts(make_tiny_ldm):
+    net, vae, clip, schedule = make_tiny_ldm()
     controlnet = ControlNet.from_unet(net, condition_channels=1, factor=4)
     with torch.no_grad():  # as training leaves it: the zero convolutions are not zero any more
         for p in controlnet.parameters():
             p.add_(0.2 * torch.randn_like(p))
-    schedule = schedules.NoiseSchedule(schedules.make_betas("cosine", 100))
     return net, vae, clip, schedule, controlnet.eval()
 
 
@@ -49,30 +39,7 @@ def targets():
 @pytest.fixture
 def sample_calls(monkeypatch):
     """Counts calls of ldm.sample, the only way the explorer can sample."""
-    calls = []
-    original = ldm.sample
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("control_scale"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(ldm, "sample", counting)
-    return calls
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return matplotlib.image.imread(io.BytesIO(png), format="png")
-
-
-def shown_png(explorer) -> bytes:
-    (output,) = explorer.output.outputs
-    assert output["output_type"] == "display_data"
-    return base64.b64decode(output["data"]["image/png"])
-
-
-def as_drawn(image: torch.Tensor) -> np.ndarray:
-    """How an image in [-1, 1] (3, H, W) is handed to imshow: (H, W, 3) in [0, 1]."""
-    return ((image.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return count_samples(monkeypatch, lambda args, kwargs: kwargs.get("control_scale"))
 
 
 def direct(parts, target, prompt, condition, scale, *, n, steps, guidance_scale, seed, guess_mode=False):

@@ -1,23 +1,21 @@
 """The denoise explorer: it samples once per setting, redraws on every move, shows the real trajectory.
 
-The explorer runs a tiny untrained text-to-image LDM (the parts of tests/test_ldm.py). Its
+The explorer runs a tiny untrained text-to-image LDM (tests/conftest.py: tiny_ldm). Its
 pictures are checked against a trajectory captured here independently: ``ldm.sample`` with a
 callback keeping z_t and z0_hat at each step, decoded by hand as D(z / s) (Rombach et al.
 2022). Sampling is counted by wrapping ``ldm.sample``, so "moving the scrubber does not
 resample" is measured, not taken from the explorer's own counter.
 """
 
-import base64
-import io
 import math
 import re
 
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
 
-from minildm import autoencoders, ldm, schedules, text, unet
+from explorer_png import as_drawn, count_samples, pixels, shown_png
+from minildm import ldm, schedules, unet
 from minildm import denoise_explorer as explorer_module
 
 PROMPTS = ("a small red circle in the top left on white", "a large blue square in the center on black")
@@ -26,46 +24,15 @@ FAST = {"steps": STEPS, "guidance_scale": 2.0, "seed": 1}
 
 
 @pytest.fixture(scope="module")
-def parts():
-    torch.manual_seed(0)
-    vae = autoencoders.AutoencoderKL(latent_channels=4, factor=4, base=8).eval()
-    vae.scale_factor.fill_(0.5)
-    clip = text.MiniCLIP(embed_dim=16, text_width=16, text_layers=1, vision_width=16, vision_layers=1).eval()
-    net = unet.UNet(in_channels=4, base=8, mults=(1, 2), attn_levels=(1,), num_res_blocks=1, context_dim=16).eval()
-    for m in net.modules():  # wake the zero-initialised proj_out, so the text reaches the output
-        if hasattr(m, "proj_out"):
-            torch.nn.init.normal_(m.proj_out.weight, std=0.3)
-    schedule = schedules.NoiseSchedule(schedules.make_betas("cosine", 100))
+def parts(make_tiny_ldm):
+    net, vae, clip, schedule = make_tiny_ldm()
     return net, vae, clip, schedule
 
 
 @pytest.fixture
 def sample_calls(monkeypatch):
     """Counts calls of ldm.sample, the only way the explorer can sample."""
-    calls = []
-    original = ldm.sample
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("guidance_scale"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(ldm, "sample", counting)
-    return calls
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return matplotlib.image.imread(io.BytesIO(png), format="png")
-
-
-def shown_png(explorer) -> bytes:
-    (output,) = explorer.output.outputs
-    assert output["output_type"] == "display_data"
-    return base64.b64decode(output["data"]["image/png"])
-
-
-def as_drawn(image: torch.Tensor) -> np.ndarray:
-    """How an image in [-1, 1] (3, H, W) is handed to imshow: (H, W, 3) in [0, 1]."""
-    return ((image.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return count_samples(monkeypatch, lambda args, kwargs: kwargs.get("guidance_scale"))
 
 
 def captured_trajectory(parts, prompts, *, steps, guidance_scale, seed):

@@ -3,21 +3,13 @@
 import pytest
 import torch
 
-from minildm import autoencoders, diffusion, ldm, samplers, schedules, text, unet
+from minildm import diffusion, ldm, samplers, text, unet
 from minildm.controlnet import ControlledUNet, ControlNet, MultiControlNet
 
 
 @pytest.fixture(scope="module")
-def parts():
-    torch.manual_seed(0)
-    vae = autoencoders.AutoencoderKL(latent_channels=4, factor=4, base=8).eval()
-    vae.scale_factor.fill_(0.5)
-    clip = text.MiniCLIP(embed_dim=16, text_width=16, text_layers=1, vision_width=16, vision_layers=1).eval()
-    net = unet.UNet(in_channels=4, base=8, mults=(1, 2), attn_levels=(1,), num_res_blocks=1, context_dim=16).eval()
-    for m in net.modules():  # wake the zero-initialised proj_out, so the text reaches the output
-        if hasattr(m, "proj_out"):
-            torch.nn.init.normal_(m.proj_out.weight, std=0.3)
-    schedule = schedules.NoiseSchedule(schedules.make_betas("cosine", 100))
+def parts(make_tiny_ldm):
+    net, vae, clip, schedule = make_tiny_ldm()
     return vae, clip, net, schedule
 
 

@@ -7,7 +7,6 @@ samples are checked against independent ones: at scale 0 the U-Net with its LoRA
 out by hand (Hu et al. 2021, eq. 3). Sampling is counted by wrapping ``ldm.sample``.
 """
 
-import base64
 import copy
 import io
 import re
@@ -17,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from minildm import autoencoders, ldm, lora, schedules, text, unet
+from explorer_png import as_drawn, count_samples, shown_png
+from minildm import ldm, lora, unet
 from minildm import lora_explorer as explorer_module
 
 PROMPT = "a small red star in the top left on white"
@@ -26,16 +26,8 @@ ALPHA = 2.0
 
 
 @pytest.fixture(scope="module")
-def parts():
-    torch.manual_seed(0)
-    vae = autoencoders.AutoencoderKL(latent_channels=4, factor=4, base=8).eval()
-    vae.scale_factor.fill_(0.5)
-    clip = text.MiniCLIP(embed_dim=16, text_width=16, text_layers=1, vision_width=16, vision_layers=1).eval()
-    net = unet.UNet(in_channels=4, base=8, mults=(1, 2), attn_levels=(1,), num_res_blocks=1, context_dim=16).eval()
-    for m in net.modules():  # wake the zero-initialised proj_out, so the attention reaches the output
-        if hasattr(m, "proj_out"):
-            torch.nn.init.normal_(m.proj_out.weight, std=0.3)
-    schedule = schedules.NoiseSchedule(schedules.make_betas("cosine", 100))
+def parts(make_tiny_ldm):
+    net, vae, clip, schedule = make_tiny_ldm()
     return net, vae, clip, schedule
 
 
@@ -77,25 +69,7 @@ def independent_sample(parts, model, scale, prompt=PROMPT, *, steps, guidance_sc
 
 @pytest.fixture
 def sample_calls(monkeypatch):
-    calls = []
-    original = ldm.sample
-
-    def counting(*args, **kwargs):
-        calls.append(args[4])
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(ldm, "sample", counting)
-    return calls
-
-
-def shown_png(explorer) -> bytes:
-    (output,) = explorer.output.outputs
-    assert output["output_type"] == "display_data"
-    return base64.b64decode(output["data"]["image/png"])
-
-
-def as_drawn(image: torch.Tensor) -> np.ndarray:
-    return ((image.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    return count_samples(monkeypatch, lambda args, kwargs: args[4])
 
 
 @pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 1.5])

@@ -9,16 +9,14 @@ its samples are redrawn here with ``samplers.sample`` and its readouts recompute
 classifier's own predictions and features.
 """
 
-import base64
-import io
 import math
 import re
 
-import matplotlib.image
 import numpy as np
 import pytest
 import torch
 
+from explorer_png import pixels, shown_png
 from minildm import samplers, schedules, widgets
 from minildm.classifier import Classifier
 from minildm.unet import UNet
@@ -32,17 +30,6 @@ def image():
     x = torch.linspace(-1, 0, 8).repeat(3, 8, 1)  # (3, 8, 8)
     x[:, 2:6, 2:6] = torch.tensor([0.9, -0.5, 0.3])[:, None, None]
     return x
-
-
-def pixels(png: bytes) -> np.ndarray:
-    return matplotlib.image.imread(io.BytesIO(png), format="png")
-
-
-def shown_png(explorer) -> bytes:
-    """The PNG the Output widget holds, i.e. what the browser's <img> shows."""
-    (output,) = explorer.output.outputs
-    assert output["output_type"] == "display_data"
-    return base64.b64decode(output["data"]["image/png"])
 
 
 def cosine_alpha_bar(T, s=0.008):
