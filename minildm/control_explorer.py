@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import textwrap
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -38,7 +37,7 @@ from . import ldm as _ldm
 from .controlnet import ControlNet, MultiControlNet
 from .denoise_explorer import _check_parts
 from .recipes import mask_iou, prompt_colour_rate
-from .widgets import MAX_SEED, _check_int_arg, _check_scale, _show, _show_png, figure_png
+from .widgets import MAX_SEED, SettingsCache, _check_int_arg, _check_scale, _show, _show_png, figure_png
 
 __all__ = ["CONDITION_KINDS", "ControlSamples", "condition_image", "control_samples", "samples_figure",
            "control_figure", "ControlExplorer", "control_explorer"]
@@ -250,9 +249,8 @@ class ControlExplorer(ipywidgets.VBox):
         self.guidance_scale = _check_scale(guidance_scale, "guidance_scale")
         self.parts = (unet, vae, clip, schedule, controlnet)
         self.renders = 0
-        self.samplings = 0
         self.png = b""
-        self._cache: OrderedDict[tuple, ControlSamples] = OrderedDict()
+        self._cache = SettingsCache(CACHE_SIZE)
 
         self.prompt_box = ipywidgets.Text(value=prompt, description="prompt", continuous_update=False,
                                           layout=ipywidgets.Layout(width="70%"))
@@ -281,16 +279,16 @@ class ControlExplorer(ipywidgets.VBox):
         """The samples of the current settings: from the cache, else sampled now."""
         key = (self.prompt_box.value, self.target_slider.value, self.kind_buttons.value, self.scale_slider.value,
                self.seed_slider.value, self.guess_checkbox.value)
-        if key not in self._cache:
-            prompt, index, kind, scale, seed, guess = key
-            self._cache[key] = control_samples(*self.parts, self.targets[index], prompt, kind=kind, scale=scale,
-                                               guess_mode=guess, n=self.n, steps=self.steps,
-                                               guidance_scale=self.guidance_scale, seed=seed)
-            self.samplings += 1
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+        prompt, index, kind, scale, seed, guess = key
+        return self._cache.get(key, lambda: control_samples(*self.parts, self.targets[index], prompt, kind=kind,
+                                                            scale=scale, guess_mode=guess, n=self.n,
+                                                            steps=self.steps, guidance_scale=self.guidance_scale,
+                                                            seed=seed))
+
+    @property
+    def samplings(self) -> int:
+        """How many settings were sampled (not found in the cache) so far."""
+        return self._cache.misses
 
     def figure(self) -> Figure:
         """The figure for the current settings (what ``render`` shows)."""

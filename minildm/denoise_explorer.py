@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import textwrap
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,7 +41,7 @@ from . import samplers as _samplers
 from .autoencoders import Autoencoder
 from .schedules import NoiseSchedule
 from .text import MiniCLIP
-from .widgets import MAX_SEED, _check_int_arg, _check_scale, _show, _show_png, figure_png
+from .widgets import MAX_SEED, SettingsCache, _check_int_arg, _check_scale, _show, _show_png, figure_png
 
 __all__ = ["DenoiseTrajectory", "denoise_trajectory", "step_figure", "trajectory_figure", "denoise_figure",
            "DenoiseExplorer", "denoise_explorer"]
@@ -248,9 +247,8 @@ class DenoiseExplorer(ipywidgets.VBox):
         seed = _check_int_arg("seed", seed, 0, max_seed)
         self.parts = (unet, vae, clip, schedule)
         self.renders = 0
-        self.samplings = 0
         self.png = b""
-        self._cache: OrderedDict[tuple, DenoiseTrajectory] = OrderedDict()
+        self._cache = SettingsCache(CACHE_SIZE)
 
         self.prompt_boxes = [ipywidgets.Text(value=p, description=f"prompt {k + 1}", continuous_update=False,
                                              layout=ipywidgets.Layout(width="48%"))
@@ -278,14 +276,13 @@ class DenoiseExplorer(ipywidgets.VBox):
     def trajectory(self) -> DenoiseTrajectory:
         """The trajectory of the current prompts, guidance scale and seed: from the cache, else sampled now."""
         key = (self.prompts, self.scale_slider.value, self.seed_slider.value)
-        if key not in self._cache:
-            self._cache[key] = denoise_trajectory(*self.parts, self.prompts, steps=self.steps,
-                                                  guidance_scale=key[1], seed=key[2])
-            self.samplings += 1
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+        return self._cache.get(key, lambda: denoise_trajectory(*self.parts, self.prompts, steps=self.steps,
+                                                               guidance_scale=key[1], seed=key[2]))
+
+    @property
+    def samplings(self) -> int:
+        """How many settings were sampled (not found in the cache) so far."""
+        return self._cache.misses
 
     def figure(self) -> Figure:
         """The figure for the current settings (what ``render`` shows)."""

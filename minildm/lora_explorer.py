@@ -16,7 +16,6 @@ it has drawn, so going back to a setting seen before costs nothing.
 from __future__ import annotations
 
 import textwrap
-from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 import ipywidgets
@@ -28,7 +27,7 @@ from . import judge as _judge
 from . import ldm as _ldm
 from . import lora as _lora
 from .denoise_explorer import _check_parts
-from .widgets import MAX_SEED, _check_int_arg, _check_scale, _show, _show_png, figure_png
+from .widgets import MAX_SEED, SettingsCache, _check_int_arg, _check_scale, _show, _show_png, figure_png
 
 __all__ = ["lora_sample", "judge_reading", "lora_figure", "LoRAExplorer", "lora_explorer"]
 
@@ -168,9 +167,8 @@ class LoRAExplorer(ipywidgets.VBox):
         seed = _check_int_arg("seed", seed, 0, _check_int_arg("max_seed", max_seed, 0))
         self.parts = (vae, clip, schedule)
         self.renders = 0
-        self.samplings = 0
         self.png = b""
-        self._cache: OrderedDict[tuple, Tensor] = OrderedDict()
+        self._cache = SettingsCache(CACHE_SIZE)
 
         self.prompt_box = ipywidgets.Text(value=prompt, description="prompt", continuous_update=False,
                                           layout=ipywidgets.Layout(width="60%"))
@@ -195,15 +193,14 @@ class LoRAExplorer(ipywidgets.VBox):
         rank = self.rank_buttons.value
         # the base model (scale 0) is the same whatever the rank
         key = (self.prompt_box.value, rank if scale != 0 else None, float(scale), self.seed_slider.value)
-        if key not in self._cache:
-            self._cache[key] = lora_sample(self.adapters[rank], *self.parts, self.prompt_box.value, scale,
-                                           steps=self.steps, guidance_scale=self.guidance_scale,
-                                           seed=self.seed_slider.value)
-            self.samplings += 1
-            if len(self._cache) > CACHE_SIZE:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key]
+        return self._cache.get(key, lambda: lora_sample(self.adapters[rank], *self.parts, self.prompt_box.value,
+                                                        scale, steps=self.steps, guidance_scale=self.guidance_scale,
+                                                        seed=self.seed_slider.value))
+
+    @property
+    def samplings(self) -> int:
+        """How many settings were sampled (not found in the cache) so far."""
+        return self._cache.misses
 
     def figure(self) -> Figure:
         """Two panels, the base model (LoRA scale 0) and the adapter at the current rank and scale."""

@@ -32,6 +32,7 @@ import importlib
 import io
 import math
 import numbers
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -178,6 +179,25 @@ def figure_png(fig: Figure, dpi: int = PNG_DPI) -> bytes:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
+
+
+class SettingsCache:
+    """What an explorer computed for each setting it was moved to, the ``size`` most recent kept, so
+    going back to a setting seen before costs nothing; ``misses`` counts the computations."""
+
+    def __init__(self, size: int):
+        self.size, self.misses = size, 0
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, key, compute):
+        """The value for ``key``: remembered, else ``compute()`` (and the oldest entry dropped if full)."""
+        if key not in self._items:
+            self._items[key] = compute()
+            self.misses += 1
+            if len(self._items) > self.size:
+                self._items.popitem(last=False)
+        self._items.move_to_end(key)
+        return self._items[key]
 
 
 def _show_png(output: ipywidgets.Output, png: bytes, text: str) -> None:
