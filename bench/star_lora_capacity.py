@@ -20,7 +20,7 @@ and judged again: how much rank the star actually uses.
 
     python bench/star_lora_capacity.py [--steps 1000] [--variants recipe,recipe+text,...]
 
-The full run takes about 25 minutes on one CPU core.
+The full run takes about 20 minutes on one CPU core.
 """
 
 from __future__ import annotations
