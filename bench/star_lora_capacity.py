@@ -97,7 +97,7 @@ def truncate(model: nn.Module, k: int) -> None:
     """Keep the top k singular directions of every LoRA layer's B A, in place (A, B keep their shapes)."""
     for module in model.modules():
         if isinstance(module, lora.LoRALinear):  # LoRAConv2d too (a subclass)
-            A, B = module.lora_A.weight, module.lora_B.weight  # (r, in[, k, k]), (out, r[, 1, 1])
+            A, B = module.lora_A.weight, module.lora_B.weight  # (r, in[, kh, kw]), (out, r[, 1, 1])
             U, S, Vh = torch.linalg.svd(B.flatten(1) @ A.flatten(1), full_matrices=False)
             S[k:] = 0
             r = A.shape[0]
